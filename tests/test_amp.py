@@ -1,0 +1,95 @@
+"""Mixed-precision settings: what each device gets, that they train without NaN, and that they switch off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.inferers import SimpleInferer, SlidingWindowInferer
+
+from common.amp import ENV_VAR, AmpSettings, AutocastInferer, amp_settings, cpu_supports_bf16
+
+
+def tiny_net() -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Conv3d(2, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(8, 1, 3, padding=1)
+    )
+
+
+def test_cpu_choice_follows_processor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    settings = amp_settings("cpu")
+    assert settings.dtype == (torch.bfloat16 if cpu_supports_bf16() else None)
+    assert not settings.grad_scaling and settings.trainer_amp_kwargs == {}
+    monkeypatch.setattr("common.amp.cpu_supports_bf16", lambda: False)
+    assert amp_settings("cpu").dtype is None
+
+
+def test_cuda_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    fp16 = amp_settings("cuda")
+    assert fp16.dtype == torch.float16 and fp16.grad_scaling
+    assert fp16.trainer_amp_kwargs == {"dtype": torch.float16}
+    assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    bf16 = amp_settings("cuda")
+    assert bf16.dtype == torch.bfloat16 and not bf16.grad_scaling
+
+
+@pytest.mark.parametrize("how", ["config", "env"])
+def test_disabling(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    if how == "env":
+        monkeypatch.setenv(ENV_VAR, "0")
+        settings = amp_settings("cpu")
+    else:
+        monkeypatch.delenv(ENV_VAR, raising=False)
+        settings = amp_settings("cpu", enabled=False)
+    assert not settings.enabled and not settings.channels_last
+    seen = []
+    net = tiny_net()
+    net[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    AutocastInferer(SimpleInferer(), settings)(torch.randn(1, 2, 8, 8, 8), net)
+    assert seen == [torch.float32]
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="processor without bf16 kernels")
+def test_autocast_inferer_runs_bf16_and_returns_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    settings = amp_settings("cpu")
+    net = settings.prepare_network(tiny_net(), "cpu")
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    seen = []
+    net[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    inferer = AutocastInferer(SlidingWindowInferer(roi_size=(8, 8, 8), sw_batch_size=2), settings)
+    out = inferer(torch.randn(1, 2, 12, 12, 12), net)
+    assert out.dtype == torch.float32 and out.shape == (1, 1, 12, 12, 12)
+    assert set(seen) == {torch.bfloat16}
+    assert inferer.roi_size == (8, 8, 8)  # the wrapped inferer's settings stay visible
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_training_under_chosen_settings_learns_without_nan(enabled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    torch.manual_seed(0)
+    settings = amp_settings("cpu", enabled=enabled)
+    net = settings.prepare_network(tiny_net(), "cpu")
+    inferer = AutocastInferer(SimpleInferer(), settings)
+    optimizer = torch.optim.Adam(net.parameters(), 1e-2)
+    x = torch.randn(4, 2, 10, 10, 10)
+    target = (x[:, :1] > 0).float()  # learnable: sign of the first channel
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    losses = []
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss = loss_fn(inferer(x, net), target)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_describe_names_the_choice() -> None:
+    assert "off" in AmpSettings("cpu", None).describe()
+    assert "bfloat16" in AmpSettings("cuda", torch.bfloat16).describe()
+    assert "gradient scaling" in AmpSettings("cuda", torch.float16).describe()
