@@ -27,6 +27,7 @@ from common.metrics import (
     RegionDiceMetric,
     RegionHausdorffMetric,
     RegionIoUMetric,
+    RegionLesionWiseMetric,
     _RegionMetric,
 )
 
@@ -105,4 +106,34 @@ class RegionHausdorff(RegionMetricHandler):
         spacing: Sequence[float] | None = None,
     ) -> None:
         metric = RegionHausdorffMetric(percentile=percentile, empty_rule=empty_rule, spacing=spacing)
+        super().__init__(metric, region_names, output_transform, save_details)
+
+
+class LesionWiseDice(RegionMetricHandler):
+    """BraTS 2023 lesion-wise Dice per region (``common.metrics.lesion_wise_scores``)."""
+
+    def __init__(
+        self,
+        region_names: Sequence[str],
+        dilation_iterations: int = 3,
+        min_lesion_volume: float = 50.0,
+        output_transform: Callable = lambda x: x,
+        save_details: bool = True,
+    ) -> None:
+        metric = RegionLesionWiseMetric("dice", dilation_iterations, min_lesion_volume)
+        super().__init__(metric, region_names, output_transform, save_details)
+
+
+class LesionWiseHausdorff(RegionMetricHandler):
+    """BraTS 2023 lesion-wise HD95 (mm) per region (``common.metrics.lesion_wise_scores``)."""
+
+    def __init__(
+        self,
+        region_names: Sequence[str],
+        dilation_iterations: int = 3,
+        min_lesion_volume: float = 50.0,
+        output_transform: Callable = lambda x: x,
+        save_details: bool = True,
+    ) -> None:
+        metric = RegionLesionWiseMetric("hd95", dilation_iterations, min_lesion_volume)
         super().__init__(metric, region_names, output_transform, save_details)
