@@ -1,0 +1,234 @@
+"""BraTS root folder (as downloaded) -> datalist with a seeded train/validation/test split.
+
+Layouts recognised (REFERENCE.md section 1), searched recursively under the root:
+- 2018-2019: ``.../HGG|LGG/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``
+- 2020: ``BraTS20_Training_001/BraTS20_Training_001_{t1,t1ce,t2,flair,seg}.nii.gz``
+- 2021: ``BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz``
+- 2023+: ``BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz``
+The Medical Segmentation Decathlon Task01 (4D NIfTI in ``imagesTr``) is refused with a message.
+
+Split: case ids sorted, shuffled with ``random.Random(seed)``, then cut into fractions
+(default 70/15/15 % train/validation/test, at least one case in each part when there are >= 3 cases).
+The same root and seed always give the same split; the split is written next to the run's outputs.
+
+    python -m scripts.prepare --dataset_dir /data/BraTS2021 --output datalist.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from scripts.brats import GLI2023, LEGACY, BratsInputError, Convention, check_headers
+
+NIFTI_EXT = (".nii.gz", ".nii")
+SPLIT_KEYS = ("training", "validation", "testing")
+
+
+def _split_name(name: str) -> tuple[str, str] | None:
+    """(case prefix, suffix) of a BraTS file name such as ``BraTS2021_00000_t1ce.nii.gz``."""
+    for ext in NIFTI_EXT:
+        if name.endswith(ext):
+            m = re.match(r"^(.*)[_-]([A-Za-z0-9]+)$", name[: -len(ext)])
+            return (m.group(1), m.group(2).lower()) if m else None
+    return None
+
+
+def _family(suffixes: set[str]) -> Convention | None:
+    if {"t1ce", "flair"} & suffixes:
+        return LEGACY
+    if {"t1c", "t1n", "t2w", "t2f"} & suffixes:
+        return GLI2023
+    return None
+
+
+def edition_of(case_dir: Path, conv: Convention) -> str:
+    """Edition string of a case folder, from its name and parents (only the label family matters for training)."""
+    if conv is GLI2023:
+        return "2023"
+    parts = {p.upper() for p in case_dir.parts}
+    if case_dir.name.startswith("BraTS2021_"):
+        return "2021"
+    if case_dir.name.startswith("BraTS20_"):
+        return "2020"
+    if {"HGG", "LGG"} & parts:
+        return "2018-2019"
+    return "2018-2021"
+
+
+def find_case(case_dir: str | Path, require_label: bool = True) -> dict[str, Any]:
+    """Datalist item of one case folder: {"case", "edition", "image": [T1c, T1, T2, FLAIR], "label"?}."""
+    case_dir = Path(case_dir)
+    files: dict[str, Path] = {}
+    for f in sorted(case_dir.iterdir()):
+        parsed = _split_name(f.name)
+        if parsed and f.is_file():
+            files.setdefault(parsed[1], f)
+    conv = _family(set(files))
+    if conv is None:
+        raise BratsInputError(
+            f"{case_dir}: no BraTS modality files (expected *_t1ce/_t1/_t2/_flair or *-t1c/-t1n/-t2w/-t2f .nii.gz)"
+        )
+    missing = [s for s in conv.suffixes if s not in files]
+    if require_label and "seg" not in files:
+        missing.append("seg")
+    if missing:
+        raise BratsInputError(f"{case_dir}: missing {', '.join(missing)} file(s) (BraTS {conv.name} naming)")
+    item: dict[str, Any] = {
+        "case": case_dir.name,
+        "edition": edition_of(case_dir, conv),
+        "image": [str(files[s]) for s in conv.suffixes],
+    }
+    if "seg" in files:
+        item["label"] = str(files["seg"])
+    return item
+
+
+def files_item(files: Sequence[str | Path]) -> dict[str, Any]:
+    """Datalist item from the 4 modality files of one case, recognised by their BraTS suffixes."""
+    by_suffix: dict[str, Path] = {}
+    for f in files:
+        parsed = _split_name(Path(f).name)
+        if parsed is None:
+            raise BratsInputError(f"{f}: not a .nii/.nii.gz file with a BraTS modality suffix")
+        by_suffix[parsed[1]] = Path(f)
+    conv = _family(set(by_suffix))
+    missing = (
+        [s for s in conv.suffixes if s not in by_suffix] if conv else ["t1ce/t1c", "t1/t1n", "t2/t2w", "flair/t2f"]
+    )
+    if missing or conv is None:
+        raise BratsInputError(f"{[str(f) for f in files]}: missing modality {', '.join(missing)}")
+    first = by_suffix[conv.suffixes[0]]
+    case = _split_name(first.name)[0]  # type: ignore[index]
+    return {
+        "case": case,
+        "edition": edition_of(first.parent, conv),
+        "image": [str(by_suffix[s]) for s in conv.suffixes],
+    }
+
+
+def find_cases(dataset_dir: str | Path, require_label: bool = True) -> list[dict[str, Any]]:
+    """All cases under a BraTS root (recursive), sorted by case id; one edition family per root."""
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise BratsInputError(f"{root}: dataset folder not found")
+    if (root / "imagesTr").is_dir() or (root / "dataset.json").is_file():
+        raise BratsInputError(
+            f"{root}: looks like the Medical Segmentation Decathlon Task01 layout (4D NIfTI, labels 1 edema, "
+            "2 non-enhancing, 3 enhancing), which this bundle does not read; use a BraTS challenge release "
+            "(2018-2021 or 2023 layout)"
+        )
+    case_dirs = sorted(
+        {
+            Path(dirpath)
+            for dirpath, _, names in os.walk(root)
+            for n in names
+            if _family({(_split_name(n) or ("", ""))[1]})
+        }
+    )
+    if not case_dirs:
+        raise BratsInputError(f"{root}: no BraTS cases found (empty dataset folder or unknown layout)")
+    items = [find_case(d, require_label) for d in case_dirs]
+    families = {LEGACY.name if i["edition"] != "2023" else "2023" for i in items}
+    if len(families) > 1:
+        raise BratsInputError(f"{root}: mixes 2018-2021 and 2023 editions; prepare one edition per root")
+    ids = [i["case"] for i in items]
+    if len(set(ids)) != len(ids):
+        raise BratsInputError(f"{root}: duplicate case ids {sorted({c for c in ids if ids.count(c) > 1})}")
+    return items
+
+
+def split_cases(
+    items: list[dict[str, Any]], seed: int = 12345, fractions: Sequence[float] = (0.7, 0.15, 0.15)
+) -> dict[str, list[dict[str, Any]]]:
+    """Seeded split by case id (documented in the module docstring)."""
+    items = sorted(items, key=lambda i: i["case"])
+    random.Random(seed).shuffle(items)
+    n = len(items)
+    n_val = int(round(n * fractions[1]))
+    n_test = int(round(n * fractions[2]))
+    if n >= 3:
+        n_val, n_test = max(n_val, 1), max(n_test, 1)
+    n_train = n - n_val - n_test
+    return {
+        "training": items[:n_train],
+        "validation": items[n_train : n_train + n_val],
+        "testing": items[n_train + n_val :],
+    }
+
+
+def prepare(
+    dataset_dir: str | Path,
+    output: str | Path | None = None,
+    seed: int = 12345,
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    check: bool = True,
+) -> dict[str, Any]:
+    """Build (and optionally write, atomically) the datalist of a BraTS root.
+
+    ``check`` reads every header and refuses cases whose files differ in shape or affine.
+    """
+    items = find_cases(dataset_dir)
+    if check:
+        for item in items:
+            check_headers(item["image"] + [item["label"]])
+    datalist: dict[str, Any] = {
+        "dataset_dir": str(Path(dataset_dir).resolve()),
+        "edition": items[0]["edition"],
+        "seed": seed,
+        "fractions": list(fractions),
+        **split_cases(items, seed, fractions),
+    }
+    if output is not None:
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(f".{output.name}.tmp")
+        tmp.write_text(json.dumps(datalist, indent=2))
+        os.replace(tmp, output)
+    return datalist
+
+
+def load_split(
+    dataset_dir: str | Path, key: str, output: str | Path | None = None, seed: int = 12345
+) -> list[dict[str, Any]]:
+    """One part of the split (``training``/``validation``/``testing``), used from the configs."""
+    if key not in SPLIT_KEYS:
+        raise ValueError(f"split key must be one of {SPLIT_KEYS}, got {key!r}")
+    parts = prepare(dataset_dir, output=output, seed=seed)[key]
+    if not parts:
+        raise BratsInputError(f"{dataset_dir}: the {key} split is empty (too few cases)")
+    return parts
+
+
+def inference_items(dataset_dir: str | Path, files: Sequence[str | Path] | None = None) -> list[dict[str, Any]]:
+    """Items to segment: the 4 given ``files``, else a case folder, else every case under a root."""
+    if files:
+        item = files_item(files)
+        check_headers(item["image"])
+        return [item]
+    path = Path(dataset_dir)
+    if path.is_dir() and any(_split_name(f.name) for f in path.iterdir() if f.is_file()):
+        items = [find_case(path, require_label=False)]
+    else:
+        items = find_cases(path, require_label=False)
+    for item in items:
+        item.pop("label", None)
+        check_headers(item["image"])
+    return items
+
+
+def main(dataset_dir: str, output: str = "datalist.json", seed: int = 12345) -> None:
+    datalist = prepare(dataset_dir, output, seed)
+    counts = {k: len(datalist[k]) for k in SPLIT_KEYS}
+    print(f"BraTS {datalist['edition']} at {dataset_dir}: {counts} (seed {seed}) -> {output}")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

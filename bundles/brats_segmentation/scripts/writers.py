@@ -1,0 +1,107 @@
+"""Write predicted segmentations back in the input's space and the edition's label values.
+
+MONAI's ``SaveImaged`` rebuilds the NIfTI header from the affine; here the first modality's own header is
+copied (qform/sform codes, units, description), so the seg overlays the inputs in any viewer. Files are
+written to a temporary name and renamed, so an interrupted run leaves no half-written segmentation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+from scripts.brats import convention
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def write_seg(labels: np.ndarray, reference: str | Path, output: str | Path) -> Path:
+    """Save a label map with the header and affine of ``reference`` (uint8), atomically."""
+    ref = nib.load(str(reference))
+    if tuple(labels.shape) != tuple(ref.shape[:3]):
+        raise ValueError(f"{reference}: prediction shape {labels.shape} differs from the input shape {ref.shape}")
+    header = ref.header.copy()
+    header.set_data_dtype(np.uint8)
+    header["scl_slope"], header["scl_inter"] = 1.0, 0.0
+    img = nib.Nifti1Image(labels.astype(np.uint8), ref.affine, header=header)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".tmp_{output.name}")
+    nib.save(img, str(tmp))
+    os.replace(tmp, output)
+    return output
+
+
+def write_overlay(background: np.ndarray, labels: np.ndarray, output: str | Path, title: str = "") -> Path:
+    """PNG of the axial slice with the most tumour: FLAIR in grey, labels in colour (by rank of value)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    area = (labels > 0).sum(axis=(0, 1))
+    z = int(area.argmax()) if area.any() else labels.shape[2] // 2
+    values = [v for v in np.unique(labels) if v > 0]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.imshow(np.rot90(background[:, :, z]), cmap="gray")
+    colours = {0: (1.0, 0.2, 0.2), 1: (0.2, 1.0, 0.2), 2: (1.0, 1.0, 0.2), 3: (0.3, 0.5, 1.0)}
+    overlay = np.zeros((*labels.shape[:2], 4))
+    for v in values:
+        overlay[labels[:, :, z] == v] = (*colours[[1, 2, 3, 4].index(v) if v in (1, 2, 3, 4) else 3], 0.45)
+    ax.imshow(np.rot90(overlay))
+    ax.set_title(f"{title} z={z} labels {values}")
+    ax.axis("off")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".tmp_{output.name}")
+    fig.savefig(str(tmp), format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, output)
+    return output
+
+
+class SaveBratsSegd(MapTransform):
+    """Postprocessing step: [TC, WT, ET] masks -> ``<output_dir>/<case>_seg.nii.gz`` (+ optional PNG overlay).
+
+    The label values are those of the item's edition (2018-2021: 1/2/4, 2023: 1/2/3; ``default_edition``
+    when the item has none); the header and affine are those of the first modality file (T1c).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | Path,
+        image_key: str = "image",
+        overlay: bool = False,
+        default_edition: str = "2021",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.default_edition = default_edition
+        self.output_dir = Path(output_dir)
+        self.image_key = image_key
+        self.overlay = overlay
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image = d[self.image_key]
+        reference = image.meta["filename_or_obj"]
+        reference = reference[0] if isinstance(reference, (list, tuple)) else reference
+        case = str(d.get("case") or Path(reference).name.split(".")[0])
+        conv = convention(str(d.get("edition") or self.default_edition))  # items from other tools may lack it
+        for key in self.key_iterator(d):
+            labels = conv.labels_from_regions(_numpy(d[key]))
+            write_seg(labels, reference, self.output_dir / f"{case}_seg.nii.gz")
+            if self.overlay:
+                write_overlay(_numpy(image)[3], labels, self.output_dir / f"{case}_overlay.png", title=case)
+        return d
