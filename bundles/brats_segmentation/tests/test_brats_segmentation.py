@@ -246,7 +246,7 @@ def test_multi_gpu_train_torchrun_gloo(data: dict[str, Path], tmp_path: Path) ->
         "OMP_NUM_THREADS": "1",
         "CUDA_VISIBLE_DEVICES": "",
     }
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29731"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     cmd += ["-m", "monai.bundle", "run", "training", "--config_file"]
     cmd += ["['configs/train.json','configs/multi_gpu_train.json','configs/demo.json']"]
     cmd += ["--dataset_dir", str(data["2021"]), "--bundle_root", str(work)]

@@ -117,7 +117,7 @@ def test_required_config_properties(data: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_multi_gpu_train_on_gloo(data: Path, tmp_path: Path) -> None:
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
         "-m", "monai.bundle", "run", "training", "--config_file",
         "['configs/train.json','configs/multi_gpu_train.json','configs/demo.json']",
         "--dataset_dir", str(data), "--bundle_root", str(tmp_path), "--use_amp", "False", *TINY,

@@ -1,0 +1,50 @@
+"""The 14 NIH ChestX-ray14 findings in the one fixed order used for every label vector and output channel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+LABELS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+NO_FINDING = "No Finding"
+
+
+class UnknownLabelError(ValueError):
+    """A finding name outside the 14 NIH labels (misspelt, or from another dataset)."""
+
+
+def parse_findings(text: str, source: str = "") -> list[str]:
+    """Split NIH's ``Finding Labels`` field (``A|B`` or ``No Finding``); unknown names raise, naming ``source``."""
+    names = [t.strip() for t in text.split("|") if t.strip()]
+    unknown = [n for n in names if n not in LABELS and n != NO_FINDING]
+    if unknown:
+        raise UnknownLabelError(f"{source}: unknown finding label(s) {unknown}; expected {NO_FINDING!r} or {LABELS}")
+    if NO_FINDING in names and len(names) > 1:
+        raise UnknownLabelError(f"{source}: {NO_FINDING!r} combined with findings {names}")
+    return [n for n in names if n != NO_FINDING]
+
+
+def multi_hot(findings: Iterable[str]) -> list[int]:
+    """0/1 vector over LABELS."""
+    present = set(findings)
+    return [int(name in present) for name in LABELS]
+
+
+def findings_text(vector: Iterable[int]) -> str:
+    """Inverse of ``multi_hot`` in NIH's ``Finding Labels`` spelling."""
+    names = [name for name, v in zip(LABELS, vector) if v]
+    return "|".join(names) if names else NO_FINDING

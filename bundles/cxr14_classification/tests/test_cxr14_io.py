@@ -1,0 +1,129 @@
+"""Image decoding: DICOM photometric/rescale/VOI edge cases against independent numpy formulas, PNG bit depths,
+and bad files that must fail with the file named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+
+from scripts.io import CXRReadError, LoadCXRd, list_images, read_cxr
+from scripts.synthetic import write_dicom
+
+
+def ramp(rows: int = 48, cols: int = 64) -> np.ndarray:
+    return np.tile(np.linspace(0, 1, cols), (rows, 1))
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    stored = (np.arange(48 * 64).reshape(48, 64) % 4096).astype(np.uint16)
+    path = write_dicom(stored / 4095.0, tmp_path / "m1.dcm", bits=12, monochrome1=True)
+    raw = pydicom.dcmread(path).pixel_array.astype(np.float64)
+    image, meta = read_cxr(path)
+    # MONOCHROME1: stored 0 is white -> independent expectation 1 - stored / (2**12 - 1)
+    np.testing.assert_allclose(image, 1.0 - raw / 4095.0, atol=1e-6)
+    assert meta["photometric"] == "MONOCHROME1" and meta["bits"] == 12
+    np.testing.assert_allclose(image, stored / 4095.0, atol=1e-6)
+
+
+def test_rescale_slope_intercept_and_window(tmp_path):
+    path = write_dicom(ramp(), tmp_path / "r.dcm", bits=12, slope=2.0, intercept=-1024.0)
+    ds = pydicom.dcmread(path)
+    ds.WindowCenter, ds.WindowWidth = 1000.0, 2001.0  # narrower than the data: clips both ends
+    ds.save_as(path)
+    stored = ds.pixel_array.astype(np.float64)
+    hu = stored * 2.0 - 1024.0
+    lo, hi = 0 * 2.0 - 1024.0, 4095 * 2.0 - 1024.0
+    c, w = 1000.0 - 0.5, 2001.0 - 1.0  # DICOM PS3.3 C.11.2.1.2 'LINEAR'
+    y = np.clip(((hu - c) / w + 0.5), 0, 1) * (hi - lo) + lo
+    y[hu <= c - w / 2] = lo
+    y[hu > c + w / 2] = hi
+    expected = (y - lo) / (hi - lo)
+    image, _ = read_cxr(path)
+    np.testing.assert_allclose(image, expected, atol=1e-6)
+    assert image.min() == 0.0 and image.max() == 1.0
+
+
+def test_rescale_without_window_uses_stored_range(tmp_path):
+    path = write_dicom(ramp(), tmp_path / "s.dcm", bits=12, slope=0.5, intercept=100.0)
+    stored = pydicom.dcmread(path).pixel_array.astype(np.float64)
+    modality = stored * 0.5 + 100.0
+    expected = (modality - 100.0) / (4095 * 0.5)
+    np.testing.assert_allclose(read_cxr(path)[0], expected, atol=1e-6)
+
+
+def test_voi_lut_sequence(tmp_path):
+    path = write_dicom(ramp(), tmp_path / "v.dcm", bits=12)
+    ds = pydicom.dcmread(path)
+    # a gamma-like LUT of 4096 entries, 16-bit output, first mapped value 0
+    table = np.round(65535 * (np.arange(4096) / 4095.0) ** 0.5).astype(np.uint16)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.add_new(0x00283006, "US", table.tolist())  # LUTData
+    ds.VOILUTSequence = DicomSequence([item])
+    ds.save_as(path)
+    stored = ds.pixel_array.astype(np.int64)
+    expected = table[np.clip(stored, 0, 4095)] / 65535.0
+    np.testing.assert_allclose(read_cxr(path)[0], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{"bits": 12, "slope": 2.0, "intercept": -1024.0, "window": True}, {"bits": 12, "monochrome1": True}, {"bits": 16}],
+)
+def test_dicom_matches_png(tmp_path, variant):
+    png = (np.random.default_rng(0).random((40, 50)) * 255).round().astype(np.uint8)
+    Image.fromarray(png, mode="L").save(tmp_path / "a.png")
+    write_dicom(png / 255.0, tmp_path / "a.dcm", **variant)
+    np.testing.assert_allclose(read_cxr(tmp_path / "a.dcm")[0], read_cxr(tmp_path / "a.png")[0], atol=2e-4)
+
+
+def test_png_bit_depths_and_rgb(tmp_path):
+    grey8 = (ramp() * 255).round().astype(np.uint8)
+    Image.fromarray(grey8, mode="L").save(tmp_path / "g8.png")
+    grey16 = (ramp() * 65535).round().astype(np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    rgb = np.stack([grey8, grey8, grey8], -1)
+    Image.fromarray(rgb, mode="RGB").save(tmp_path / "rgb.png")
+    Image.fromarray(grey8, mode="L").save(tmp_path / "g8.jpg", quality=100)
+    np.testing.assert_allclose(read_cxr(tmp_path / "g8.png")[0], grey8 / 255.0, atol=1e-6)
+    np.testing.assert_allclose(read_cxr(tmp_path / "g16.png")[0], grey16 / 65535.0, atol=1e-6)
+    np.testing.assert_allclose(read_cxr(tmp_path / "rgb.png")[0], grey8 / 255.0, atol=1.5 / 255)
+    assert np.abs(read_cxr(tmp_path / "g8.jpg")[0] - grey8 / 255.0).max() < 0.05
+    assert read_cxr(tmp_path / "g16.png")[1]["bits"] == 16
+
+
+def test_load_transform_keeps_path_and_spacing(tmp_path):
+    path = write_dicom(ramp(), tmp_path / "x.dcm", pixel_spacing=0.2)
+    out = LoadCXRd(keys="image")({"image": str(path)})
+    assert tuple(out["image"].shape) == (1, 48, 64)
+    assert out["image_path"] == str(path)
+    np.testing.assert_allclose(np.diag(out["image"].affine.numpy())[:2], [0.2, 0.2])
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "garbage.png").write_bytes(b"not an image at all" * 10)
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(tmp_path / "pixel.png")
+    nopixels = write_dicom(ramp(), tmp_path / "nopix.dcm")
+    ds = pydicom.dcmread(nopixels)
+    del ds.PixelData
+    ds.save_as(nopixels)
+    for name, problem in [
+        ("empty.png", "empty file"),
+        ("garbage.png", "cannot be read"),
+        ("pixel.png", "too small"),
+        ("nopix.dcm", "no pixel data"),
+        ("missing.png", "not found"),
+    ]:
+        with pytest.raises(CXRReadError, match=problem) as err:
+            read_cxr(tmp_path / name)
+        assert name in str(err.value)
+    Image.fromarray((ramp() * 255).astype(np.uint8)).save(tmp_path / "good.png")
+    with pytest.warns(UserWarning, match="garbage.png"):
+        items = list_images(tmp_path, skip_bad=True)
+    assert [p["image"].split("/")[-1] for p in items] == ["good.png"]
+    assert len(list_images(tmp_path, skip_bad=False)) == 5  # bad ones fail later, when loaded

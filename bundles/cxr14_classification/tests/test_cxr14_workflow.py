@@ -1,0 +1,196 @@
+"""End-to-end on a tiny generated dataset: train 1 epoch, evaluate, infer (PNG == DICOM), bad inputs,
+pretrained-weight transfer, and the 2-process torchrun (gloo, CPU) training."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import run, verify_net_in_out
+
+from common.checkpoint import CheckpointError, load_checkpoint
+from scripts.labels import LABELS
+from scripts.networks import cxr_network
+from scripts.synthetic import generate
+
+BUNDLE = Path(__file__).resolve().parents[1]
+TINY = {"image_size": 64, "num_workers": 0, "batch_size": 8, "max_epochs": 1, "val_fraction": 0.25}
+
+
+def _configs(*names: str) -> list[str]:
+    return [str(BUNDLE / "configs" / n) for n in names]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cxr14_flow")
+    data = generate(root / "data", n_patients=14, size=64, seed=5, n_dicom=3)
+    out = root / "run"
+    run(
+        "training", config_file=_configs("train.json", "demo.json"), dataset_dir=str(data), bundle_root=str(out), **TINY
+    )
+    return data, out
+
+
+def test_training_saves_checkpoint(trained):
+    _, out = trained
+    ckpt = load_checkpoint(out / "models" / "model.pt")
+    assert "model" in ckpt and "features.conv0.weight" in ckpt["model"]
+    datalist = json.loads((out / "data" / "datalist.json").read_text())
+    assert datalist["labels"] == list(LABELS)
+
+
+def test_evaluate_writes_metrics(trained):
+    data, out = trained
+    run(
+        "evaluating",
+        config_file=_configs("train.json", "demo.json", "evaluate.json"),
+        dataset_dir=str(data),
+        bundle_root=str(out),
+        **TINY,
+    )
+    report = json.loads((out / "eval" / "metrics.json").read_text())
+    assert [r["label"] for r in report["labels"]] == list(LABELS)
+    n_test = len((data / "test_list.txt").read_text().split())
+    assert report["summary"]["n_test_images"] == n_test
+    for r in report["labels"]:
+        assert np.isnan(r["auroc"]) or 0.0 <= r["auroc"] <= 1.0
+        assert r["n_positive"] + r["n_negative"] == n_test
+    assert 0.0 <= report["summary"]["auroc"] <= 1.0
+    with open(out / "eval" / "metrics.csv") as f:
+        assert len(list(csv.DictReader(f))) == 14
+    assert (out / "eval" / "roc_curves.png").stat().st_size > 1000
+
+
+def _infer(folder: Path, out: Path, **extra) -> list[dict[str, str]]:
+    run(
+        "run",
+        config_file=_configs("inference.json", "demo_inference.json"),
+        dataset_dir=str(folder),
+        bundle_root=str(out),
+        image_size=64,
+        **extra,
+    )
+    with open(out / "eval" / "predictions.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_inference_png_and_dicom_agree(trained, tmp_path):
+    data, out = trained
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for dcm in sorted((data / "dicom").glob("*.dcm")):  # 3 encodings: rescale+window, MONOCHROME1, 16-bit
+        shutil.copy(dcm, folder / dcm.name)
+        shutil.copy(next(data.glob(f"images_*/images/{dcm.stem}.png")), folder / f"{dcm.stem}.png")
+    rows = _infer(folder, out, gradcam_top_k=1)
+    assert len(rows) == 6 and list(rows[0]) == ["image", *LABELS]
+    probs = {Path(r["image"]).name: np.array([float(r[n]) for n in LABELS]) for r in rows}
+    assert all(((p >= 0) & (p <= 1)).all() for p in probs.values())
+    for dcm in (data / "dicom").glob("*.dcm"):
+        np.testing.assert_allclose(probs[dcm.name], probs[f"{dcm.stem}.png"], atol=2e-3)
+    assert len(list((out / "eval" / "gradcam").glob("*_gradcam.png"))) == 6
+
+
+def test_inference_bad_file(trained, tmp_path):
+    data, out = trained
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    shutil.copy(next(data.glob("images_*/images/*.png")), folder / "good.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(Exception) as err:
+        _infer(folder, out)
+    chain, e = [], err.value
+    while e is not None:
+        chain.append(str(e))
+        e = e.__cause__
+    assert any("broken.png" in m for m in chain)
+    with pytest.warns(UserWarning, match="broken.png"):
+        rows = _infer(folder, out, skip_bad=True)
+    assert [Path(r["image"]).name for r in rows] == ["good.png"]
+
+
+def test_verify_net_in_out():
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(BUNDLE / "configs" / "metadata.json"),
+        config_file=str(BUNDLE / "configs" / "inference.json"),
+        n=1,
+        any=1,
+    )
+
+
+def test_pretrained_transfer_and_freeze(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    tv = torchvision.models.densenet121(weights=None)
+    torch.save(tv.state_dict(), tmp_path / "imagenet.pth")
+    net = cxr_network("densenet121", pretrained_path=str(tmp_path / "imagenet.pth"), freeze=True)
+    sd = net.state_dict()
+    np.testing.assert_allclose(
+        sd["features.conv0.weight"].numpy(),
+        tv.features.conv0.weight.sum(1, keepdim=True).detach().numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    key = "features.denseblock2.denselayer3.layers.conv1.weight"
+    assert torch.equal(sd[key], tv.state_dict()["features.denseblock2.denselayer3.conv1.weight"])
+    assert sd["class_layers.out.weight"].shape == (14, 1024)
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable == {"class_layers.out.weight", "class_layers.out.bias"}
+    torch.save({"model": {"x": torch.zeros(3)}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt"):
+        cxr_network("small", pretrained_path=str(tmp_path / "other.pt"))
+
+
+@pytest.mark.slow
+def test_multi_gpu_train_torchrun(trained, tmp_path):
+    data, _ = trained
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(BUNDLE.parents[1]))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        "['configs/train.json','configs/demo.json','configs/multi_gpu_train.json']",
+        "--dataset_dir",
+        str(data),
+        "--bundle_root",
+        str(out),
+    ]
+    for k, v in TINY.items():
+        cmd += [f"--{k}", str(v)]
+    proc = subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_checkpoint(out / "models" / "model.pt")["model"]
+    assert not any(k.startswith("module.") for k in state)
+    assert "multi-process: 1 / 2" in proc.stdout and "multi-process: 0 / 2" in proc.stdout
+
+
+@pytest.mark.parametrize("workflow_type, files", [("train", ["train.json"]), ("infer", ["inference.json"])])
+def test_required_bundle_properties(workflow_type, files, trained, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    data, _ = trained
+    workflow = ConfigWorkflow(
+        config_file=_configs(*files),
+        meta_file=str(BUNDLE / "configs" / "metadata.json"),
+        workflow_type=workflow_type,
+        dataset_dir=str(data if workflow_type == "train" else data / "dicom"),
+        bundle_root=str(tmp_path),
+    )
+    workflow.initialize()
+    assert not workflow.check_properties()
