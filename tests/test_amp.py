@@ -20,8 +20,19 @@ def test_cpu_choice_follows_processor(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = amp_settings("cpu")
     assert settings.dtype == (torch.bfloat16 if cpu_supports_bf16() else None)
     assert not settings.grad_scaling and settings.trainer_amp_kwargs == {}
+    assert settings.channels_last  # measured faster on CPU in fp32 and bf16
     monkeypatch.setattr("common.amp.cpu_supports_bf16", lambda: False)
     assert amp_settings("cpu").dtype is None
+
+
+def test_emulated_bf16_is_not_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr("common.amp.cpu_flags", lambda: {"avx512f", "avx512bw", "avx512_vnni"})
+    assert not cpu_supports_bf16()
+    monkeypatch.setattr("common.amp.cpu_flags", lambda: {"avx512f", "avx512bw", "avx512_bf16"})
+    assert cpu_supports_bf16()
+    monkeypatch.setattr("common.amp.cpu_flags", lambda: {"amx_bf16", "amx_tile"})
+    assert cpu_supports_bf16()
 
 
 def test_cuda_choice(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,7 +55,7 @@ def test_disabling(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     else:
         monkeypatch.delenv(ENV_VAR, raising=False)
         settings = amp_settings("cpu", enabled=False)
-    assert not settings.enabled and not settings.channels_last
+    assert not settings.enabled
     seen = []
     net = tiny_net()
     net[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
@@ -52,10 +63,8 @@ def test_disabling(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     assert seen == [torch.float32]
 
 
-@pytest.mark.skipif(not cpu_supports_bf16(), reason="processor without bf16 kernels")
-def test_autocast_inferer_runs_bf16_and_returns_float32(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    settings = amp_settings("cpu")
+def test_autocast_inferer_runs_bf16_and_returns_float32() -> None:
+    settings = AmpSettings("cpu", torch.bfloat16, channels_last=True)  # what a CPU with native bf16 gets
     net = settings.prepare_network(tiny_net(), "cpu")
     assert net[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
     seen = []
@@ -67,11 +76,13 @@ def test_autocast_inferer_runs_bf16_and_returns_float32(monkeypatch: pytest.Monk
     assert inferer.roi_size == (8, 8, 8)  # the wrapped inferer's settings stay visible
 
 
-@pytest.mark.parametrize("enabled", [True, False])
-def test_training_under_chosen_settings_learns_without_nan(enabled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV_VAR, raising=False)
+@pytest.mark.parametrize(
+    "settings",
+    [amp_settings("cpu"), AmpSettings("cpu", torch.bfloat16, channels_last=True), AmpSettings("cpu", None)],
+    ids=["chosen-here", "bf16", "fp32"],
+)
+def test_training_learns_without_nan(settings: AmpSettings) -> None:
     torch.manual_seed(0)
-    settings = amp_settings("cpu", enabled=enabled)
     net = settings.prepare_network(tiny_net(), "cpu")
     inferer = AutocastInferer(SimpleInferer(), settings)
     optimizer = torch.optim.Adam(net.parameters(), 1e-2)
