@@ -5,14 +5,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+LABEL_VENV ?= .venv-label
+LABEL_STAMP := $(LABEL_VENV)/.installed
+LABEL_PORT ?= 8123
+LABEL_BUNDLES ?= all
 
-.PHONY: help venv test demo lint format clean-demo
+.PHONY: help venv test demo lint format clean-demo label label-test
 
 help:
 	@echo "make demo    generate synthetic data, train, evaluate and infer with every bundle; print a results table"
 	@echo "make test    run the test suite (the command CI runs)"
 	@echo "make lint    ruff lint and format check"
 	@echo "make format  ruff format and safe fixes"
+	@echo "make label   start a MONAI Label server on 127.0.0.1:$(LABEL_PORT) with the bundles (own env: .venv-label)"
+	@echo "make label-test  MONAI Label integration test (starts a server, calls /info/ and /infer/)"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,3 +44,20 @@ format: $(STAMP)
 
 clean-demo:
 	rm -rf work_dirs/demo
+
+# MONAI Label 0.8.5 needs its own pins (pytorch-ignite 0.4.11, numpy < 2): a second environment.
+$(LABEL_STAMP): requirements-label.txt pyproject.toml
+	@test -x $(LABEL_VENV)/bin/python || $(PYTHON) -m venv $(LABEL_VENV)
+	$(LABEL_VENV)/bin/python -m pip install --quiet -r requirements-label.txt
+	$(LABEL_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+label: $(LABEL_STAMP)
+	$(LABEL_VENV)/bin/python tools/label_app.py --out work_dirs/label --bundles $(LABEL_BUNDLES)
+	$(LABEL_VENV)/bin/python -m monailabel.main start_server --app work_dirs/label/app \
+		--studies work_dirs/label/studies --conf models "$$(cat work_dirs/label/models.txt)" \
+		--conf zoo_source github --conf sam2 false --conf use_pretrained_model false \
+		--host 127.0.0.1 --port $(LABEL_PORT)
+
+label-test: $(LABEL_STAMP)
+	$(LABEL_VENV)/bin/python -m pytest -m label tests/label
