@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from common.files import write_json_atomic
+
 BUNDLE_DIR = Path(__file__).resolve().parents[1]
 DEMO_CONFIGS = "['configs/train.json','configs/demo.json']"
 EVAL_CONFIGS = "['configs/train.json','configs/evaluate.json','configs/demo.json']"
@@ -74,9 +76,7 @@ def main(
             f"{case['case']} in {work / 'pred'}"
         ),
     }
-    tmp = work / ".results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, work / "results.json")
+    write_json_atomic(results, work / "results.json", indent=2)
     print(json.dumps(results, indent=2), flush=True)
     return results
 

@@ -16,7 +16,6 @@ The same root and seed always give the same split; the split is written next to 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -24,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from common.files import write_json_atomic
 from scripts.brats import GLI2023, LEGACY, BratsInputError, Convention, check_headers
 
 NIFTI_EXT = (".nii.gz", ".nii")
@@ -185,11 +185,7 @@ def prepare(
         **split_cases(items, seed, fractions),
     }
     if output is not None:
-        output = Path(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(f".{output.name}.tmp")
-        tmp.write_text(json.dumps(datalist, indent=2))
-        os.replace(tmp, output)
+        write_json_atomic(datalist, output, indent=2)
     return datalist
 
 

@@ -11,6 +11,8 @@ import torch
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
+from common.files import write_json_atomic
+
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 logger = logging.getLogger(__name__)
 
@@ -78,15 +80,9 @@ class EpochCheckpoints:
 
 def write_metrics(engine: Engine, path: str | Path) -> dict[str, float]:
     """Dump an evaluator's final ``state.metrics`` (mean and per-region values) to JSON, atomically."""
-    import json
-    import os
 
     metrics = {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp_{path.name}")
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, path)
+    write_json_atomic(metrics, path, indent=2)
     return metrics
 
 

@@ -15,15 +15,15 @@ CLI: python -m scripts.prepare --dataset_dir /data/CXR14 --output data/datalist.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import random
-import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from common.files import write_json_atomic
 
 from .labels import LABELS, UnknownLabelError, multi_hot, parse_findings
 
@@ -181,20 +181,6 @@ def label_counts(items: list[dict[str, Any]]) -> dict[str, int]:
     for it in items:
         counts.update(name for name, v in zip(LABELS, it["label"]) if v)
     return {name: counts[name] for name in LABELS}
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def main(

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from common.files import write_json_atomic
+
 BUNDLE = Path(__file__).resolve().parents[1]
 REPO = BUNDLE.parents[1]
 
@@ -101,9 +103,7 @@ def main() -> None:
             "CPM = mean sensitivity at 1/8..8 FP/scan (LUNA16 rules, scripts/froc.py)"
         ),
     }
-    tmp = work / ".results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, work / "results.json")
+    write_json_atomic(results, work / "results.json")
     print(json.dumps(results, indent=1))
 
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from common.files import write_json_atomic
+
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 EXCLUDED_UNKNOWN_DIAMETER = 10.0
 logger = logging.getLogger(__name__)
@@ -196,12 +198,7 @@ def read_predictions(path: str | os.PathLike) -> dict[str, list[list[float]]]:
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(obj, path)
 
 
 def main() -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import math
 import os
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from common.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -261,9 +262,7 @@ def write_datalists(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, 
             logger.warning("%s; datalist not written", e)
             continue
         target = out / f"datalist_fold{fold}.json"
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(json.dumps({"coordinates": COORDINATES, "fold": fold, **split}, indent=1))
-        os.replace(tmp, target)
+        write_json_atomic({"coordinates": COORDINATES, "fold": fold, **split}, target)
         written.append(target)
     return written
 
