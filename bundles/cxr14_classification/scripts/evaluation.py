@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+
+from common.files import atomic_write_bytes, write_json_atomic
 
 
 class PredictionCollector:
@@ -151,7 +151,7 @@ def plot_roc(test: tuple[np.ndarray, np.ndarray], label_names: Sequence[str], pa
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
-    _write_atomic(path, buffer.getvalue())
+    atomic_write_bytes(buffer.getvalue(), path)
 
 
 def write_report(
@@ -160,14 +160,14 @@ def write_report(
     """Write metrics.json, metrics.csv, roc_curves.png and test_predictions.csv to ``output_dir``."""
     out = Path(output_dir)
     report = compute_report(val.arrays, test.arrays, label_names)
-    _write_atomic(out / "metrics.json", json.dumps(report, indent=1).encode())
-    _write_atomic(
-        out / "metrics.csv", _csv_bytes(list(report["labels"][0]), [list(r.values()) for r in report["labels"]])
+    write_json_atomic(report, out / "metrics.json")
+    atomic_write_bytes(
+        _csv_bytes(list(report["labels"][0]), [list(r.values()) for r in report["labels"]]), out / "metrics.csv"
     )
     preds, labels = test.arrays
     header = ["image", *[f"p_{n}" for n in label_names], *[f"y_{n}" for n in label_names]]
     rows = [[p, *map(float, pr), *map(int, y)] for p, pr, y in zip(test.paths, preds, labels)]
-    _write_atomic(out / "test_predictions.csv", _csv_bytes(header, rows))
+    atomic_write_bytes(_csv_bytes(header, rows), out / "test_predictions.csv")
     plot_roc((preds, labels), label_names, out / "roc_curves.png")
     summary = report["summary"]
     lines = [
@@ -184,15 +184,3 @@ def _csv_bytes(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
     writer.writerow(header)
     writer.writerows(rows)
     return buffer.getvalue().encode()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from .evaluation import _csv_bytes, _write_atomic, batch_paths
+from common.files import atomic_write_bytes
+
+from .evaluation import _csv_bytes, batch_paths
 
 
 class ProbabilityCSVWriter:
@@ -39,7 +41,7 @@ class ProbabilityCSVWriter:
             self.rows.append([path, *(f"{p:.6f}" for p in probs)])
 
     def write(self, engine: Engine | None = None) -> None:  # noqa: ARG002
-        _write_atomic(self.output_file, _csv_bytes(["image", *self.label_names], self.rows))
+        atomic_write_bytes(_csv_bytes(["image", *self.label_names], self.rows), self.output_file)
 
 
 class GradCAMOverlay:
@@ -81,7 +83,7 @@ class GradCAMOverlay:
             grey = np.clip(x[0, 0].detach().cpu().numpy() * self.std + self.mean, 0, 1)
             name = Path(paths[i] or f"image_{engine.state.iteration}_{i}").name + "_gradcam.png"
             titles = [f"{self.label_names[c]} p={probs[c]:.2f}" for c in top]
-            _write_atomic(self.output_dir / name, _overlay_png(grey, maps, titles))
+            atomic_write_bytes(_overlay_png(grey, maps, titles), self.output_dir / name)
 
 
 def _overlay_png(grey: np.ndarray, maps: list[np.ndarray], titles: list[str]) -> bytes:
