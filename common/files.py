@@ -16,7 +16,7 @@ from typing import IO, Any
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+def atomic_open(path: str | os.PathLike, mode: str = "w", newline: str | None = None) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` for writing; on success it is synced and renamed over ``path``.
 
     On any exception (including KeyboardInterrupt) the temporary file is removed and ``path`` is untouched.
@@ -27,7 +27,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, newline=newline) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from common.files import write_json_atomic
+from common.files import atomic_open, write_json_atomic
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 EXCLUDED_UNKNOWN_DIAMETER = 10.0
@@ -171,11 +171,9 @@ def plot_froc(result: Mapping[str, Any], path: str | os.PathLike, title: str = "
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(f"{title}: CPM {result['cpm']:.3f} ({result['n_scans']} scans, {result['n_nodules']} nodules)")
     ax.legend(loc="lower right")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -14,6 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 
+from common.files import atomic_open
 from scripts.froc import FP_RATES, evaluate_froc, plot_froc, write_json
 from scripts.prepare import COORDINATES
 
@@ -116,17 +117,13 @@ def coco_metrics(
 
 def write_submission(detections: dict[str, list[list[float]]], path: str | os.PathLike) -> Path:
     """LUNA16 submission CSV ``seriesuid,coordX,coordY,coordZ,probability`` (world mm, LPS), written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["seriesuid", "coordX", "coordY", "coordZ", "probability"])
         for uid in sorted(detections):
             for x, y, z, s in detections[uid]:
                 w.writerow([uid, f"{x:.3f}", f"{y:.3f}", f"{z:.3f}", f"{s:.6f}"])
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def save_detection_png(output: dict[str, Any], path: Path, max_detections: int = 3, min_score: float = 0.5) -> bool:
@@ -154,11 +151,9 @@ def save_detection_png(output: dict[str, Any], path: Path, max_detections: int =
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="r", linewidth=1.5))
         ax.set_title(f"slice {z}, score {scores[k]:.2f}")
         ax.axis("off")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=80, bbox_inches="tight")
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=80, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
     return True
 
 
