@@ -9,6 +9,7 @@ channel on 2023 labels).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,12 +112,53 @@ def check_headers(files: Sequence[str | Path], atol: float = 1e-3) -> tuple[tupl
     return shape, affine
 
 
+DECATHLON_NAME = re.compile(r"^BRATS_\d{3}\.nii(\.gz)?$")
+"""Medical Segmentation Decathlon Task01 image names: 4D, but in the order FLAIR, T1w, T1gd, T2w with other labels."""
+
+
+def check_stacked(file: str | Path) -> tuple[tuple[int, ...], np.ndarray]:
+    """Spatial shape and affine of a single-file case: a 4D NIfTI (x, y, z, 4) in the order T1c, T1, T2, FLAIR.
+
+    This is how one study holds the 4 modalities where a tool stores one image per case (MONAI Label's
+    datastore). Decathlon files are refused by name: same shape, different channel order and labels.
+    """
+    f = Path(file)
+    if not f.is_file():
+        raise BratsInputError(f"{f}: file not found")
+    if DECATHLON_NAME.match(f.name):
+        raise BratsInputError(
+            f"{f}: a Medical Segmentation Decathlon Task01 image (channels FLAIR, T1w, T1gd, T2w and labels "
+            "1 edema / 2 non-enhancing / 3 enhancing) is not supported; use the BraTS 2018-2021 or 2023 files"
+        )
+    try:
+        img = nib.load(str(f))
+    except Exception as e:
+        raise BratsInputError(f"{f}: not a readable NIfTI file ({e})") from e
+    if len(img.shape) != 4 or img.shape[3] != 4:
+        raise BratsInputError(
+            f"{f}: a single image file must hold the 4 modalities as a 4D NIfTI (x, y, z, 4) in the order "
+            f"T1c, T1, T2, FLAIR; found shape {img.shape}. Otherwise give the 4 modality files."
+        )
+    return tuple(img.shape[:3]), img.affine
+
+
+def image_files(value: Any) -> list[str]:
+    """The image entry of an item: 4 modality paths, or 1 path to a 4-channel file (a bare string included)."""
+    files = [str(value)] if isinstance(value, (str, Path)) else [str(f) for f in value]
+    if len(files) not in (1, 4):
+        raise BratsInputError(
+            f"expected 4 modality files (T1c, T1, T2, FLAIR) or one 4-channel NIfTI, got {len(files)}: {files}"
+        )
+    return files
+
+
 class LoadBratsCased(MapTransform):
     """Load the 4 modalities (stacked, channel-first) and the optional seg, refusing bad files by name.
 
-    Checks before anything reaches the network: all files exist, are readable (a truncated ``.nii.gz``
-    fails while decompressing), share shape and affine, image voxels are finite. The label is loaded as
-    a (1, H, W, D) MetaTensor.
+    The image is either the 4 modality files of a BraTS case folder or one 4D NIfTI holding them in the
+    network's order (T1c, T1, T2, FLAIR), which is what MONAI Label passes. Checks before anything reaches
+    the network: all files exist, are readable (a truncated ``.nii.gz`` fails while decompressing), share
+    shape and affine, image voxels are finite. The label is loaded as a (1, H, W, D) MetaTensor.
     """
 
     def __init__(self, keys: KeysCollection, image_key: str = "image", allow_missing_keys: bool = True) -> None:
@@ -130,22 +172,37 @@ class LoadBratsCased(MapTransform):
         except Exception as e:
             raise BratsInputError(f"{f}: cannot read the NIfTI data ({type(e).__name__}: {e})") from e
 
+    @staticmethod
+    def _check_finite(img: torch.Tensor, f: str) -> None:
+        if not torch.isfinite(img).all():
+            bad = int((~torch.isfinite(img)).sum())
+            raise BratsInputError(f"{f}: {bad} voxels are NaN or Inf")
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        image_files = [str(f) for f in d[self.image_key]]
-        if len(image_files) != 4:
-            raise BratsInputError(f"expected 4 modality files (T1c, T1, T2, FLAIR), got {image_files}")
+        files = image_files(d[self.image_key])
         others = [str(d[k]) for k in self.key_iterator(d) if k != self.image_key]
-        check_headers(image_files + others)
-        channels = []
-        for f in image_files:
-            img = self._load(f)
-            if not torch.isfinite(img).all():
-                bad = int((~torch.isfinite(img)).sum())
-                raise BratsInputError(f"{f}: {bad} voxels are NaN or Inf")
-            channels.append(img)
-        image = torch.cat(channels, dim=0)
-        image.meta["filename_or_obj"] = image_files[0]
+        if len(files) == 1:
+            shape, affine = check_stacked(files[0])
+            for f in others:
+                other_shape, other_affine = check_headers([f])
+                if other_shape != shape or not np.allclose(other_affine, affine, atol=1e-3):
+                    raise BratsInputError(
+                        f"{f}: shape {other_shape} / affine differ from the image {Path(files[0]).name} {shape}"
+                    )
+            image = self._load(files[0])
+            if tuple(image.shape) != (4, *shape):
+                raise BratsInputError(f"{files[0]}: loaded as {tuple(image.shape)}, expected (4, {shape})")
+            self._check_finite(image, files[0])
+        else:
+            check_headers(files + others)
+            channels = []
+            for f in files:
+                img = self._load(f)
+                self._check_finite(img, f)
+                channels.append(img)
+            image = torch.cat(channels, dim=0)
+        image.meta["filename_or_obj"] = files[0]
         d[self.image_key] = image
         for key in self.key_iterator(d):
             if key != self.image_key:
@@ -160,13 +217,20 @@ class LabelsToRegionsd(MapTransform):
     has no 4 and a 3 that would otherwise be dropped silently.
     """
 
-    def __init__(self, keys: KeysCollection, edition_key: str = "edition", allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        edition_key: str = "edition",
+        default_edition: str = "2021",
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.edition_key = edition_key
+        self.default_edition = default_edition
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        conv = convention(_name(d[self.edition_key]))
+        conv = convention(_name(d.get(self.edition_key) or self.default_edition))  # MONAI Label items have none
         for key in self.key_iterator(d):
             seg = d[key]
             arr = np.asarray(seg.detach().cpu() if isinstance(seg, torch.Tensor) else seg)
@@ -181,4 +245,34 @@ class LabelsToRegionsd(MapTransform):
                 )
             regions = torch.as_tensor(conv.regions(np.rint(arr).astype(np.int16)), dtype=torch.float32)
             d[key] = MetaTensor(regions, meta=seg.meta) if isinstance(seg, MetaTensor) else regions
+        return d
+
+
+class RegionsToLabelsd(MapTransform):
+    """[TC, WT, ET] masks -> a (1, H, W, D) uint8 label map with the values of the item's edition.
+
+    The last inference step before writing, so what leaves the bundle (a file, or MONAI Label's response)
+    is a BraTS label map: 2018-2021 items get 1/2/4, 2023 items 1/2/3, items without an edition (MONAI
+    Label, single files) get ``default_edition``'s.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        edition_key: str = "edition",
+        default_edition: str = "2021",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.edition_key = edition_key
+        self.default_edition = default_edition
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        conv = convention(_name(d.get(self.edition_key) or self.default_edition))
+        for key in self.key_iterator(d):
+            regions = d[key]
+            arr = regions.detach().cpu().numpy() if isinstance(regions, torch.Tensor) else np.asarray(regions)
+            labels = torch.as_tensor(conv.labels_from_regions(arr)[None])
+            d[key] = MetaTensor(labels, meta=regions.meta) if isinstance(regions, MetaTensor) else labels
         return d

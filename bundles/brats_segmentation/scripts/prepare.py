@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from common.files import write_json_atomic
-from scripts.brats import GLI2023, LEGACY, BratsInputError, Convention, check_headers
+from scripts.brats import GLI2023, LEGACY, BratsInputError, Convention, check_headers, check_stacked
 
 NIFTI_EXT = (".nii.gz", ".nii")
 SPLIT_KEYS = ("training", "validation", "testing")
@@ -202,7 +202,15 @@ def load_split(
 
 
 def inference_items(dataset_dir: str | Path, files: Sequence[str | Path] | None = None) -> list[dict[str, Any]]:
-    """Items to segment: the 4 given ``files``, else a case folder, else every case under a root."""
+    """Items to segment: the 4 given ``files`` (or 1 four-channel file), else a case folder, else every case.
+
+    A single 4D file (x, y, z, 4 in the order T1c, T1, T2, FLAIR) carries no edition: its label values are
+    the inference config's ``default_edition``.
+    """
+    single = files[0] if files and len(files) == 1 else (dataset_dir if Path(dataset_dir).is_file() else None)
+    if single is not None:
+        check_stacked(single)
+        return [{"case": Path(single).name.split(".")[0], "image": str(single)}]
     if files:
         item = files_item(files)
         check_headers(item["image"])

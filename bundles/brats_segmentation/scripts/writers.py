@@ -18,8 +18,6 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from scripts.brats import convention
-
 
 def _numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
@@ -71,10 +69,10 @@ def write_overlay(background: np.ndarray, labels: np.ndarray, output: str | Path
 
 
 class SaveBratsSegd(MapTransform):
-    """Postprocessing step: [TC, WT, ET] masks -> ``<output_dir>/<case>_seg.nii.gz`` (+ optional PNG overlay).
+    """Postprocessing step: a label map -> ``<output_dir>/<case>_seg.nii.gz`` (+ optional PNG overlay).
 
-    The label values are those of the item's edition (2018-2021: 1/2/4, 2023: 1/2/3; ``default_edition``
-    when the item has none); the header and affine are those of the first modality file (T1c).
+    Expects the (1, H, W, D) label map of ``scripts.brats.RegionsToLabelsd`` (the edition's values); the header
+    and affine are those of the first image file (T1c, or the single 4-channel file).
     """
 
     def __init__(
@@ -83,11 +81,9 @@ class SaveBratsSegd(MapTransform):
         output_dir: str | Path,
         image_key: str = "image",
         overlay: bool = False,
-        default_edition: str = "2021",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.default_edition = default_edition
         self.output_dir = Path(output_dir)
         self.image_key = image_key
         self.overlay = overlay
@@ -98,9 +94,13 @@ class SaveBratsSegd(MapTransform):
         reference = image.meta["filename_or_obj"]
         reference = reference[0] if isinstance(reference, (list, tuple)) else reference
         case = str(d.get("case") or Path(reference).name.split(".")[0])
-        conv = convention(str(d.get("edition") or self.default_edition))  # items from other tools may lack it
         for key in self.key_iterator(d):
-            labels = conv.labels_from_regions(_numpy(d[key]))
+            labels = _numpy(d[key])
+            if labels.ndim == 4:
+                if labels.shape[0] != 1:
+                    raise ValueError(f"{key}: expected a (1, H, W, D) label map, got {labels.shape}")
+                labels = labels[0]
+            labels = labels.astype(np.uint8)
             write_seg(labels, reference, self.output_dir / f"{case}_seg.nii.gz")
             if self.overlay:
                 write_overlay(_numpy(image)[3], labels, self.output_dir / f"{case}_overlay.png", title=case)

@@ -20,7 +20,15 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from common.checkpoint import CheckpointError, atomic_save, load_weights
-from scripts.brats import GLI2023, LEGACY, BratsInputError, LabelsToRegionsd, LoadBratsCased, check_headers
+from scripts.brats import (
+    GLI2023,
+    LEGACY,
+    BratsInputError,
+    LabelsToRegionsd,
+    LoadBratsCased,
+    RegionsToLabelsd,
+    check_headers,
+)
 from scripts.prepare import find_cases, inference_items, prepare
 from scripts.synthetic import generate
 from scripts.training import latest_checkpoint
@@ -230,7 +238,7 @@ def test_written_labels_use_the_edition_values(data: dict[str, Path], edition: s
     regions[0, 15:25, 15:25, 12:18] = 1  # TC
     regions[2, 15:25, 15:25, 12:18] = 1  # ET
     regions[2, 18:22, 18:22, 14:16] = 0  # necrosis inside
-    SaveBratsSegd("pred", tmp_path)({**d, "pred": regions})
+    SaveBratsSegd("pred", tmp_path)(RegionsToLabelsd("pred")({**d, "pred": regions}))
     seg = np.asarray(nib.load(tmp_path / f"{item['case']}_seg.nii.gz").dataobj)
     et = 4 if edition == "2021" else 3
     assert set(np.unique(seg).tolist()) == {0, 1, 2, et}
@@ -392,3 +400,87 @@ def test_inference_items_from_files_folder_or_root(data: dict[str, Path]) -> Non
     assert [i["case"] for i in inference_items(data["2023"])] == sorted(p.name for p in data["2023"].iterdir())
     with pytest.raises(BratsInputError, match="missing modality t2f"):
         inference_items(".", files[1:] if "t2f" in files[0].name else [f for f in files if "t2f" not in f.name])
+
+
+# ---------------------------------------------------------------- one 4-channel file (MONAI Label's study format)
+
+
+def _stack(case: Path, dst: Path) -> Path:
+    """The 4 modalities of a case folder as one 4D NIfTI (x, y, z, 4) in the network order T1c, T1, T2, FLAIR."""
+    item = inference_items(case)[0]
+    imgs = [nib.load(f) for f in item["image"]]
+    data = np.stack([np.asarray(i.dataobj, dtype=np.float32) for i in imgs], axis=-1)
+    nib.save(nib.Nifti1Image(data, imgs[0].affine), str(dst))
+    return dst
+
+
+def test_single_four_channel_file_loads_like_the_four_files(data: dict[str, Path], tmp_path: Path) -> None:
+    case = sorted(data["2023"].iterdir())[0]
+    stacked = _stack(case, tmp_path / "study.nii.gz")
+    from_files = LoadBratsCased("image")(inference_items(case)[0])["image"]
+    for value in (str(stacked), [str(stacked)]):  # MONAI Label passes a bare path
+        item = inference_items(str(stacked))[0] if isinstance(value, str) else {"image": value}
+        assert item["image"] == str(stacked) or item["image"] == [str(stacked)]
+        image = LoadBratsCased("image")(item)["image"]
+        assert tuple(image.shape) == (4, *SIZE)
+        torch.testing.assert_close(image.as_tensor(), from_files.as_tensor())
+        np.testing.assert_allclose(np.asarray(image.affine), np.asarray(from_files.affine), atol=1e-5)
+    # a seg beside it must share the geometry
+    seg = next(case.glob("*seg.nii.gz"))
+    d = LoadBratsCased(["image", "label"])({"image": str(stacked), "label": str(seg)})
+    assert tuple(d["label"].shape) == (1, *SIZE)
+
+
+def test_single_file_with_wrong_channels_or_decathlon_name_is_refused(data: dict[str, Path], tmp_path: Path) -> None:
+    case = sorted(data["2021"].iterdir())[0]
+    three = tmp_path / "three.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((*SIZE, 3), np.float32), np.eye(4)), str(three))
+    with pytest.raises(BratsInputError, match=r"three\.nii\.gz.*4D NIfTI \(x, y, z, 4\)"):
+        LoadBratsCased("image")({"image": str(three)})
+    decathlon = _stack(case, tmp_path / "BRATS_001.nii.gz")
+    with pytest.raises(BratsInputError, match="BRATS_001.nii.gz.*Decathlon"):
+        inference_items(str(decathlon))
+    with pytest.raises(BratsInputError, match="got 2"):
+        LoadBratsCased("image")({"image": [str(three), str(three)]})
+
+
+@pytest.mark.parametrize("edition", ["2021", "2023"])
+def test_inference_on_single_file_writes_default_edition_labels(
+    data: dict[str, Path], edition: str, tmp_path: Path
+) -> None:
+    """A single-file study has no edition: the config's default_edition decides the written label values."""
+    case = sorted(data["2021"].iterdir())[0]
+    stacked = _stack(case, tmp_path / "study.nii.gz")
+    torch.manual_seed(0)
+    ckpt = tmp_path / "model.pt"
+    inf = _workflow(
+        _configs("inference.json"),
+        "infer",
+        "run",
+        dataset_dir=str(stacked),
+        bundle_root=str(tmp_path),
+        ckpt_path=str(ckpt),
+        output_dir=str(tmp_path / "out"),
+        init_filters=8,
+        roi_size=[48, 48, 32],
+        default_edition=edition,
+    )
+    net = inf.parser.get_parsed_content("network_def")
+    with torch.no_grad():  # a network whose biases make every region positive: all three labels get written
+        net.conv_final[-1].conv.bias.fill_(5.0)
+        net.conv_final[-1].conv.weight.zero_()
+        net.conv_final[-1].conv.bias[2] = -5.0  # no ET anywhere: TC -> necrosis everywhere
+    atomic_save({"model": net.state_dict()}, ckpt)
+    inf.run()
+    seg = nib.load(tmp_path / "out" / "study_seg.nii.gz")
+    ref = nib.load(stacked)
+    assert seg.shape == SIZE
+    np.testing.assert_allclose(seg.affine, ref.affine)
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) == {1}
+    # and ET everywhere gives the edition's enhancing value
+    with torch.no_grad():
+        net.conv_final[-1].conv.bias[2] = 5.0
+    atomic_save({"model": net.state_dict()}, ckpt)
+    inf.run()
+    seg = np.asarray(nib.load(tmp_path / "out" / "study_seg.nii.gz").dataobj)
+    assert set(np.unique(seg).tolist()) == {4 if edition == "2021" else 3}
