@@ -37,6 +37,26 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", newline: str | None = 
         raise
 
 
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` for writers that take a file name (nibabel, ITK, matplotlib).
+
+    The temporary name ends with ``path``'s own name, so writers that pick the format from the suffix
+    (``.nii.gz``, ``.mhd``, ``.png``) still do; on success it is renamed over ``path``, on failure removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".tmp", suffix=f"_{path.name}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     """Write ``text`` to ``path`` all or nothing."""
     with atomic_open(path, "w") as f:

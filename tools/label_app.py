@@ -10,10 +10,11 @@ Layout written under ``--out``:
 - ``app/``: a copy of MONAI Label's ``sample-apps/monaibundle``; ``app/model/<bundle>/`` a copy of each bundle
   (without ``models/``, ``eval/``, caches) plus a copy of the repository's ``common`` package inside the bundle
   (MONAI Label puts only the bundle directory on ``sys.path``), and ``models/model.pt`` = ``{"model": state_dict}``:
-  the demo's trained weights when ``work_dirs/demo/<bundle>/**/model.pt`` exists, else seeded random weights of
-  ``network_def``.
+  the bundle's own ``models/model.pt`` when it exists (trained with the bundle's default configs), else seeded
+  random weights of ``network_def``.
 - ``studies/``: one synthetic case per bundle, written by the bundle's own ``scripts.synthetic`` CLI and stored
-  under a file name MONAI Label's datastore lists (``<bundle>_case.nii.gz`` / ``.png``).
+  under a file name MONAI Label's datastore lists (``<bundle>_case.nii.gz`` / ``.png``); BraTS gets two
+  4-channel studies with their segmentations in ``studies/labels/final/`` so that ``/train/`` can run.
 
 Runs with any Python that has torch + monai (the repository's ``.venv`` or the MONAI Label environment).
 """
@@ -65,14 +66,19 @@ def _run(cmd: list[str], cwd: Path) -> None:
 
 
 def weights(bundle: Path, dst: Path) -> str:
+    """The bundle's own ``models/model.pt`` (trained with its default configs) if present, else seeded random.
+
+    Demo weights are not used: the demos train smaller networks (configs/demo.json) than the bundle's
+    ``network_def``, which MONAI Label builds from ``inference.json``.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
-    trained = sorted(glob.glob(str(ROOT / "work_dirs" / "demo" / bundle.name / "**" / "model.pt"), recursive=True))
-    if trained:
+    own = bundle / "models" / "model.pt"
+    if own.is_file():
         import torch
 
-        ckpt = torch.load(trained[0], map_location="cpu", weights_only=True)
+        ckpt = torch.load(own, map_location="cpu", weights_only=True)
         torch.save({"model": ckpt.get("model", ckpt)}, dst)
-        return f"trained ({trained[0]})"
+        return f"trained ({own})"
     _run([sys.executable, "-c", _RANDOM_WEIGHTS, str(dst), str(ROOT)], cwd=bundle)
     return "seeded random (torch.manual_seed(0))"
 
@@ -98,29 +104,22 @@ def synthetic_case(bundle: Path, studies: Path) -> Path:
             dst = studies / f"{bundle.name}_case.nii.gz"
             _to_nifti(mhd, dst)
         elif bundle.name.startswith("brats"):
+            # MONAI Label stores one file per study: the bundle's own converter stacks the 4 modalities (T1c, T1,
+            # T2, FLAIR order). Two labelled studies, so that /train/ has a training and a validation case.
             _run(
-                [sys.executable, "-m", "scripts.synthetic", "--out_dir", tmp, "--n_cases", "1", "--seed", "0"],
+                [sys.executable, "-m", "scripts.synthetic", "--out_dir", tmp, "--n_cases", "2", "--seed", "0"],
                 cwd=bundle,
             )
-            # one 4-channel NIfTI (T1c, T1, T2, FLAIR order as in metadata channel_def): a study is one file
-            import nibabel as nib
-            import numpy as np
-
-            case = sorted(p for p in Path(tmp).rglob("*") if p.is_dir() and list(p.glob("*.nii.gz")))[0]
-            files = sorted(case.glob("*.nii.gz"))
-            mods = {}
-            for f in files:
-                low = f.name.lower()
-                for key in ("t1ce", "t1c", "t1n", "t1", "t2w", "t2f", "t2", "flair"):
-                    if key in low.replace(".nii.gz", "").split("_")[-1] or low.endswith(f"-{key}.nii.gz"):
-                        mods.setdefault(key, f)
-                        break
-            order = [mods.get(k) for k in (("t1ce", "t1c"), ("t1", "t1n"), ("t2", "t2w"), ("flair", "t2f")) for k in k]
-            order = [f for f in order if f is not None][:4]
-            imgs = [nib.load(str(f)) for f in order]
-            data = np.stack([np.asarray(i.dataobj, dtype=np.float32) for i in imgs], axis=-1)
+            cases = sorted(p for p in Path(tmp).iterdir() if p.is_dir())
+            for i, case in enumerate(cases):
+                name = f"{bundle.name}_case" + (f"{i + 1}" if i else "")
+                _run(
+                    [sys.executable, "-m", "scripts.studies", "--case_dir", str(case)]
+                    + ["--output", str(studies / f"{name}.nii.gz")]
+                    + ["--label_output", str(studies / "labels" / "final" / f"{name}.nii.gz")],
+                    cwd=bundle,
+                )
             dst = studies / f"{bundle.name}_case.nii.gz"
-            nib.save(nib.Nifti1Image(data, imgs[0].affine), str(dst))
         elif bundle.name.startswith("cxr14"):
             _run(
                 [sys.executable, "-m", "scripts.synthetic", "--out_dir", tmp, "--n_patients", "1", "--n_dicom", "0"],
@@ -134,17 +133,25 @@ def synthetic_case(bundle: Path, studies: Path) -> Path:
     return dst
 
 
-# MONAI Label calls ``detector(images, use_inferer=True)`` directly, so the detector's sliding window
-# (roi = ``val_patch_size``, 512x512x192 for real LUNA16 scans) pads a small synthetic case to full size: minutes
-# per case on a CPU. The app's copy of the bundle (never the bundle itself) gets a window that fits the study.
-LABEL_OVERRIDES = {"luna16_detection": {"val_patch_size": [128, 128, 64]}}
+# Windows sized for the small synthetic studies, in the app's copy of a bundle (never the bundle itself). MONAI Label
+# calls ``detector(images, use_inferer=True)`` directly, so LUNA16's sliding window (``val_patch_size``, 512x512x192
+# for real scans) would pad a 96x96x48 case to full size: minutes per case on a CPU. BraTS windows are 240x240x160
+# (one window per real 240x240x155 case) and would pad a 96x96x64 study 15-fold.
+LABEL_OVERRIDES = {
+    "luna16_detection": {"inference.json": {"val_patch_size": [128, 128, 64]}},
+    "brats_segmentation": {
+        "inference.json": {"roi_size": [96, 96, 64]},
+        "train.json": {"roi_size": [96, 96, 64], "val_roi_size": [96, 96, 64], "num_workers": 0},
+    },
+}
 
 
-def _override(bundle_copy: Path, overrides: dict) -> None:
-    cfg = bundle_copy / "configs" / "inference.json"
-    data = json.loads(cfg.read_text())
-    data.update(overrides)
-    cfg.write_text(json.dumps(data, indent=4))
+def _override(bundle_copy: Path, overrides: dict[str, dict]) -> None:
+    for config, values in overrides.items():
+        cfg = bundle_copy / "configs" / config
+        data = json.loads(cfg.read_text())
+        data.update(values)
+        cfg.write_text(json.dumps(data, indent=4) + "\n")
 
 
 def build(out: Path, names: list[str], sample_app: Path) -> dict:

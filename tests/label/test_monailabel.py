@@ -1,4 +1,4 @@
-"""MONAI Label 0.8.5 serves the LUNA16 bundle: app assembled by tools/label_app.py, /info/ and /infer/ over HTTP.
+"""MONAI Label 0.8.5 serves the three bundles: app assembled by tools/label_app.py, /info/, /infer/, /train/ over HTTP.
 
 Needs the MONAI Label environment (monailabel 0.8.5, monai 1.5.2, torch 2.14.1, pydicom<3, itk-io):
 
@@ -26,6 +26,9 @@ pytestmark = pytest.mark.label
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = "luna16_detection"
+BRATS = "brats_segmentation"
+CXR = "cxr14_classification"
+BUNDLES = (BRATS, CXR, BUNDLE)
 STARTUP_TIMEOUT = 300
 INFER_TIMEOUT = 600
 
@@ -39,6 +42,17 @@ def _free_port() -> int:
 def _get(url: str, timeout: float = 10) -> dict:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
+
+
+def _post_json(url: str, payload: dict, timeout: float) -> tuple[int, bytes]:
+    req = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
 
 
 def _post_multipart(url: str, fields: dict[str, str], timeout: float) -> tuple[int, bytes]:
@@ -67,7 +81,7 @@ def server(tmp_path_factory):
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     t0 = time.perf_counter()
     subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "label_app.py"), "--out", str(out), "--bundles", BUNDLE],
+        [sys.executable, str(ROOT / "tools" / "label_app.py"), "--out", str(out), "--bundles", ",".join(BUNDLES)],
         check=True,
         env=env,
         timeout=600,
@@ -76,7 +90,7 @@ def server(tmp_path_factory):
     port = _free_port()
     log = open(out / "server.log", "w")  # noqa: SIM115 - closed in teardown
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(out / "app")]
-    cmd += ["--studies", str(out / "studies"), "--conf", "models", BUNDLE, "--conf", "zoo_source", "github"]
+    cmd += ["--studies", str(out / "studies"), "--conf", "models", ",".join(BUNDLES), "--conf", "zoo_source", "github"]
     cmd += ["--conf", "sam2", "false", "--conf", "use_pretrained_model", "false", "--host", "127.0.0.1"]
     cmd += ["--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -106,16 +120,21 @@ def server(tmp_path_factory):
         log.close()
 
 
-def test_info_lists_the_bundle_as_detection(server) -> None:
+def test_info_lists_every_bundle_with_its_task_type(server) -> None:
     models = server["info"]["models"]
-    assert BUNDLE in models, server["info"]
-    m = models[BUNDLE]
-    assert m["type"] == "detection"
-    assert m["labels"] == {"nodule": 0}
-    assert m["dimension"] == 3
-    meta = json.loads((ROOT / "bundles" / BUNDLE / "configs" / "metadata.json").read_text())
-    assert m["version"] == meta["version"]
-    assert server["info"]["datastore"]["total"] == 1
+    expected = {BRATS: ("segmentation", 3), CXR: ("classification", 2), BUNDLE: ("detection", 3)}
+    for name, (task, dim) in expected.items():
+        assert name in models, server["info"]
+        assert models[name]["type"] == task, models[name]
+        assert models[name]["dimension"] == dim, models[name]
+        meta = json.loads((ROOT / "bundles" / name / "configs" / "metadata.json").read_text())
+        assert models[name]["version"] == meta["version"]
+    assert models[BUNDLE]["labels"] == {"nodule": 0}
+    assert len(models[CXR]["labels"]) == 14 and "effusion" in models[CXR]["labels"]  # MONAI Label lowercases
+    assert BRATS in server["info"]["trainers"], server["info"].get("trainers")
+    # one study per bundle, BraTS two (labelled, for /train/)
+    assert server["info"]["datastore"]["total"] == 4
+    assert server["info"]["datastore"]["completed"] == 2
 
 
 def test_infer_returns_world_mm_boxes(server) -> None:
@@ -137,3 +156,53 @@ def test_infer_returns_world_mm_boxes(server) -> None:
     assert all(lab == 0 for lab in labels)
     assert all(all(s > 0 for s in b[3:]) for b in boxes), "box sizes must be positive (mm)"
     print(f"/infer: {len(boxes)} boxes in {seconds:.1f} s; server latencies {res.get('latencies', {}).get('total')} s")
+
+
+def _infer(server, model: str, image: str, output: str) -> bytes:
+    t0 = time.perf_counter()
+    status, body = _post_multipart(
+        f"{server['url']}/infer/{model}?image={image}&output={output}", {"params": "{}"}, timeout=INFER_TIMEOUT
+    )
+    log = (server["out"] / "server.log").read_text()[-4000:]
+    assert status == 200, f"HTTP {status}: {body[:2000]!r}\n{log}"
+    print(f"/infer/{model}: {time.perf_counter() - t0:.1f} s")
+    return body
+
+
+def test_infer_brats_returns_a_label_map_in_the_study_space(server, tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    body = _infer(server, BRATS, f"{BRATS}_case", "image")
+    out = tmp_path / ("seg.nii.gz" if body[:2] == b"\x1f\x8b" else "seg.nii")
+    out.write_bytes(body)
+    seg = nib.load(str(out))
+    study = nib.load(str(server["out"] / "studies" / f"{BRATS}_case.nii.gz"))
+    assert seg.shape[:3] == study.shape[:3] and len(seg.shape) == 3, (seg.shape, study.shape)
+    np.testing.assert_allclose(seg.affine, study.affine, atol=1e-4)
+    values = set(np.unique(np.asarray(seg.dataobj)).astype(int).tolist())
+    assert values <= {0, 1, 2, 4}, values  # BraTS 2021 label values (the inference config's default_edition)
+
+
+def test_infer_cxr_returns_fourteen_scores(server) -> None:
+    res = json.loads(_infer(server, CXR, f"{CXR}_case", "json"))
+    pred = res["prediction"]
+    labels = json.loads((ROOT / "bundles" / CXR / "configs" / "metadata.json").read_text())
+    names = list(labels["network_data_format"]["outputs"]["pred"]["channel_def"].values())
+    assert [p["label"].lower() for p in pred] == [n.lower() for n in names]
+    assert all(0.0 <= p["score"] <= 1.0 for p in pred), pred
+
+
+def test_train_brats_for_one_epoch(server) -> None:
+    models = server["out"] / "app" / "model" / BRATS / "models"
+    before = (models / "model.pt").stat().st_mtime
+    t0 = time.perf_counter()
+    params = {"max_epochs": 1, "run_id": "training", "val_split": 0.5, "device": "cpu", "multi_gpu": False}
+    params["tracking"] = "none"
+    status, body = _post_json(f"{server['url']}/train/{BRATS}?run_sync=true", params, timeout=INFER_TIMEOUT)
+    log = (server["out"] / "server.log").read_text()[-6000:]
+    assert status == 200, f"HTTP {status}: {body[:2000]!r}\n{log}"
+    saved = sorted(p.name for p in models.glob("*.pt"))
+    assert any("epoch=1" in n for n in saved), (saved, log)
+    assert (models / "model.pt").stat().st_mtime > before, "the trained weights replace models/model.pt"
+    print(f"/train/{BRATS}: 1 epoch in {time.perf_counter() - t0:.1f} s; {saved}")

@@ -12,13 +12,14 @@ the BraTS affine (``diag(-1, -1, 1)``); the volume size is a parameter (real Bra
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from common.files import atomic_path
 
 # mean intensity per tissue and modality (T1c, T1, T2, FLAIR), arbitrary units
 TISSUE = {
@@ -124,10 +125,8 @@ def write_case(out_dir: str | Path, index: int, images: np.ndarray, label: np.nd
         img.header.set_xyzt_units("mm", "sec")
         img.set_qform(affine, code=1)
         img.set_sform(affine, code=1)
-        target = case_dir / f"{case}{sep}{suffix}.nii.gz"
-        tmp = case_dir / f".tmp_{case}{sep}{suffix}.nii.gz"
-        nib.save(img, str(tmp))
-        os.replace(tmp, target)
+        with atomic_path(case_dir / f"{case}{sep}{suffix}.nii.gz") as tmp:
+            nib.save(img, str(tmp))
     return case_dir
 
 

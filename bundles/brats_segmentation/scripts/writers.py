@@ -7,7 +7,6 @@ written to a temporary name and renamed, so an interrupted run leaves no half-wr
 
 from __future__ import annotations
 
-import os
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+
+from common.files import atomic_path
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -33,10 +34,8 @@ def write_seg(labels: np.ndarray, reference: str | Path, output: str | Path) -> 
     header["scl_slope"], header["scl_inter"] = 1.0, 0.0
     img = nib.Nifti1Image(labels.astype(np.uint8), ref.affine, header=header)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".tmp_{output.name}")
-    nib.save(img, str(tmp))
-    os.replace(tmp, output)
+    with atomic_path(output) as tmp:
+        nib.save(img, str(tmp))
     return output
 
 
@@ -60,11 +59,9 @@ def write_overlay(background: np.ndarray, labels: np.ndarray, output: str | Path
     ax.set_title(f"{title} z={z} labels {values}")
     ax.axis("off")
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".tmp_{output.name}")
-    fig.savefig(str(tmp), format="png", dpi=80, bbox_inches="tight")
+    with atomic_path(output) as tmp:
+        fig.savefig(str(tmp), format="png", dpi=80, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, output)
     return output
 
 

@@ -30,6 +30,7 @@ from scripts.brats import (
     check_headers,
 )
 from scripts.prepare import find_cases, inference_items, prepare
+from scripts.studies import stack_case
 from scripts.synthetic import generate
 from scripts.training import latest_checkpoint
 from scripts.writers import SaveBratsSegd
@@ -406,12 +407,7 @@ def test_inference_items_from_files_folder_or_root(data: dict[str, Path]) -> Non
 
 
 def _stack(case: Path, dst: Path) -> Path:
-    """The 4 modalities of a case folder as one 4D NIfTI (x, y, z, 4) in the network order T1c, T1, T2, FLAIR."""
-    item = inference_items(case)[0]
-    imgs = [nib.load(f) for f in item["image"]]
-    data = np.stack([np.asarray(i.dataobj, dtype=np.float32) for i in imgs], axis=-1)
-    nib.save(nib.Nifti1Image(data, imgs[0].affine), str(dst))
-    return dst
+    return stack_case(case, dst)
 
 
 def test_single_four_channel_file_loads_like_the_four_files(data: dict[str, Path], tmp_path: Path) -> None:
@@ -426,9 +422,10 @@ def test_single_four_channel_file_loads_like_the_four_files(data: dict[str, Path
         torch.testing.assert_close(image.as_tensor(), from_files.as_tensor())
         np.testing.assert_allclose(np.asarray(image.affine), np.asarray(from_files.affine), atol=1e-5)
     # a seg beside it must share the geometry
-    seg = next(case.glob("*seg.nii.gz"))
-    d = LoadBratsCased(["image", "label"])({"image": str(stacked), "label": str(seg)})
+    seg = stack_case(case, tmp_path / "study2.nii.gz", label_output=tmp_path / "labels" / "study2.nii.gz")
+    d = LoadBratsCased(["image", "label"])({"image": str(seg), "label": str(tmp_path / "labels" / "study2.nii.gz")})
     assert tuple(d["label"].shape) == (1, *SIZE)
+    np.testing.assert_array_equal(d["label"][0].numpy(), np.asarray(nib.load(next(case.glob("*seg.nii.gz"))).dataobj))
 
 
 def test_single_file_with_wrong_channels_or_decathlon_name_is_refused(data: dict[str, Path], tmp_path: Path) -> None:
@@ -484,3 +481,26 @@ def test_inference_on_single_file_writes_default_edition_labels(
     inf.run()
     seg = np.asarray(nib.load(tmp_path / "out" / "study_seg.nii.gz").dataobj)
     assert set(np.unique(seg).tolist()) == {4 if edition == "2021" else 3}
+
+
+# ---------------------------------------------------------------- reproducibility (the benchmark's premise)
+
+
+def test_same_seed_same_weights_and_metrics(data: dict[str, Path], tmp_path: Path) -> None:
+    """Two trainings with the same seed on the same machine give bit-identical weights and validation Dice."""
+    runs = []
+    for name in ("a", "b"):
+        work = tmp_path / name
+        wf = _workflow(
+            _configs("train.json", "demo.json"), "train", "training", dataset_dir=str(data["2021"]),
+            bundle_root=str(work), **TINY,
+        )  # fmt: skip
+        wf.run()
+        metric = wf.parser.get_parsed_content("validate#evaluator").state.metrics["val_dice"]
+        wf.finalize()
+        runs.append((torch.load(work / "models" / "model.pt", weights_only=True)["model"], metric))
+    (w1, m1), (w2, m2) = runs
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        assert torch.equal(w1[k], w2[k]), k
+    assert m1 == m2
