@@ -19,6 +19,7 @@ help:
 	@echo "make format  ruff format and safe fixes"
 	@echo "make label   start a MONAI Label server on 127.0.0.1:$(LABEL_PORT) with the bundles (own env: .venv-label)"
 	@echo "make label-test  MONAI Label integration test (starts a server, calls /info/ and /infer/)"
+	@echo "make pack    zip each bundle (model-zoo layout, with common/) into dist/<name>_v<version>.zip"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,3 +62,10 @@ label: $(LABEL_STAMP)
 
 label-test: $(LABEL_STAMP)
 	$(LABEL_VENV)/bin/python -m pytest -m label tests/label
+
+# Model-zoo archives: dist/<name>_v<version>.zip (weights only with PACK_ARGS=--with_weights).
+PACK_BUNDLES ?= all
+PACK_ARGS ?=
+.PHONY: pack
+pack: $(STAMP)
+	$(PY) tools/pack_bundle.py $(PACK_BUNDLES) $(PACK_ARGS)

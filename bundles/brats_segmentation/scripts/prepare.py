@@ -16,6 +16,7 @@ The same root and seed always give the same split; the split is written next to 
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -25,6 +26,8 @@ from typing import Any
 
 from common.files import write_json_atomic
 from scripts.brats import GLI2023, LEGACY, BratsInputError, Convention, check_headers, check_stacked
+
+logger = logging.getLogger(__name__)
 
 NIFTI_EXT = (".nii.gz", ".nii")
 SPLIT_KEYS = ("training", "validation", "testing")
@@ -195,9 +198,12 @@ def load_split(
     """One part of the split (``training``/``validation``/``testing``), used from the configs."""
     if key not in SPLIT_KEYS:
         raise ValueError(f"split key must be one of {SPLIT_KEYS}, got {key!r}")
-    parts = prepare(dataset_dir, output=output, seed=seed)[key]
+    datalist = prepare(dataset_dir, output=output, seed=seed)
+    parts = datalist[key]
     if not parts:
         raise BratsInputError(f"{dataset_dir}: the {key} split is empty (too few cases)")
+    counts = ", ".join(f"{k} {len(datalist[k])}" for k in SPLIT_KEYS)
+    logger.info("BraTS %s at %s: %s cases; using %s", datalist["edition"], dataset_dir, counts, key)
     return parts
 
 

@@ -341,7 +341,14 @@ def write_dicom_copies(out: Path, names: list[str]) -> list[Path]:
     return written
 
 
+def main(out_dir: str, n_patients: int = 200, size: int = 256, seed: int = 0, n_dicom: int = 6) -> None:
+    """CLI: generate, then say what was written (the bare ``generate`` printed only its return value)."""
+    out = generate(out_dir, n_patients=n_patients, size=size, seed=seed, n_dicom=n_dicom)
+    n_images = sum(1 for _ in out.glob("images_*/images/*.png"))
+    print(f"wrote {n_images} synthetic CXR14 images of {n_patients} patients ({size} px) to {out}")
+
+
 if __name__ == "__main__":
     import fire
 
-    fire.Fire(generate)
+    fire.Fire(main)

@@ -74,7 +74,7 @@ class DetectionTrainer(Trainer):
         self.box_loss_weight = box_loss_weight
         self.grad_scaler = torch.amp.GradScaler("cuda") if amp.grad_scaling else None
 
-    def _iteration(self, engine: DetectionTrainer, batchdata: Sequence[Any]) -> dict[str, Any]:
+    def _iteration(self, engine: DetectionTrainer, batchdata: Sequence[Any]) -> list[dict[str, float]]:
         images, targets, _ = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
         if targets is None:
             raise ValueError("training batch without 'box'/'label' targets")
@@ -94,7 +94,9 @@ class DetectionTrainer(Trainer):
         else:
             loss.backward()
             engine.optimizer.step()
-        return {"loss": loss.item(), "cls_loss": cls_loss.item(), "box_loss": box_loss.item()}
+        # MONAI's trainer output convention (a list of per-item dicts, here one for the batch), so that
+        # `from_engine(['loss'], first=True)` works, as in MONAI's default MLflow/MONAI Label handler settings
+        return [{"loss": loss.item(), "cls_loss": cls_loss.item(), "box_loss": box_loss.item()}]
 
 
 class DetectorInferer:

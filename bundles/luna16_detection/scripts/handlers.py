@@ -37,7 +37,7 @@ def detections_of(output: dict[str, Any]) -> list[list[float]]:
 class LunaFROCMetric(Metric):
     """CPM over the scans of one evaluator run (the key metric); the full FROC result is kept in ``result`` and,
     with ``output_dir``, written as ``froc.json``, ``froc.png`` and ``predictions.csv``. Sensitivities at the 7
-    FP rates also go to ``engine.state.metrics`` as ``sens@<rate>``."""
+    FP rates also go to ``engine.state.metrics`` as ``sens_at_<rate>fp`` (characters MLflow accepts in a name)."""
 
     def __init__(
         self,
@@ -84,7 +84,7 @@ class LunaFROCMetric(Metric):
     def completed(self, engine: Engine, name: str) -> None:
         super().completed(engine, name)
         for rate in FP_RATES:
-            engine.state.metrics[f"sens@{rate}"] = self.result["sensitivity_at_fp_rates"][str(rate)]
+            engine.state.metrics[f"sens_at_{rate}fp"] = self.result["sensitivity_at_fp_rates"][str(rate)]
 
 
 def coco_metrics(

@@ -209,6 +209,8 @@ def fold_datalist(dataset_dir: str | os.PathLike, fold: int = 0, outside: str = 
     """Datalist of one fold, built from the real layout; what the configs call with ``dataset_dir``."""
     out: dict[str, Any] = {"coordinates": COORDINATES, "fold": fold}
     out.update(split_fold(build_items(dataset_dir, outside=outside), fold))
+    counts = ", ".join(f"{k} {len(out[k])}" for k in ("training", "validation", "test"))
+    logger.info("LUNA16 at %s, fold %d: %s scans", dataset_dir, fold, counts)
     return out
 
 
