@@ -10,7 +10,7 @@ LABEL_STAMP := $(LABEL_VENV)/.installed
 LABEL_PORT ?= 8123
 LABEL_BUNDLES ?= all
 
-.PHONY: help venv test demo lint format clean-demo label label-test
+.PHONY: help venv test demo lint format clean-demo label label-test benchmark-speed
 
 help:
 	@echo "make demo    generate synthetic data, train, evaluate and infer with every bundle; print a results table"
@@ -19,6 +19,8 @@ help:
 	@echo "make format  ruff format and safe fixes"
 	@echo "make label   start a MONAI Label server on 127.0.0.1:$(LABEL_PORT) with the bundles (own env: .venv-label)"
 	@echo "make label-test  MONAI Label integration test (starts a server, calls /info/ and /infer/)"
+	@echo "make benchmark-speed  time each bundle against its model-zoo reference (~25 min on 2 cores)"
+	@echo "make benchmark  reproduce the committed synthetic numbers (benchmarks/expected.json); BRATS_DIR=... for real data"
 	@echo "make pack    zip each bundle (model-zoo layout, with common/) into dist/<name>_v<version>.zip"
 
 $(STAMP): requirements.txt pyproject.toml
@@ -69,3 +71,21 @@ PACK_ARGS ?=
 .PHONY: pack
 pack: $(STAMP)
 	$(PY) tools/pack_bundle.py $(PACK_BUNDLES) $(PACK_ARGS)
+
+# Speed against the model-zoo reference configurations (benchmarks/speed/README.md); one script at a time.
+benchmark-speed: $(STAMP)
+	PYTHONPATH=. $(PY) benchmarks/speed/brats.py --out benchmarks/results/speed_brats.json
+	PYTHONPATH=. $(PY) benchmarks/speed/luna16.py --out benchmarks/results/speed_luna16.json
+	PYTHONPATH=. $(PY) benchmarks/speed/cxr.py --out benchmarks/results/speed_cxr.json
+
+# Quality benchmark (benchmarks/quality.py): every bundle's seeded synthetic demo in fp32, checked against
+# benchmarks/expected.json; fails on a regression. With dataset roots in the real layout it runs the bundles'
+# default (model-zoo) configs on them instead and prints our numbers beside the published ones.
+BRATS_DIR ?=
+LUNA16_DIR ?=
+CXR14_DIR ?=
+BENCH_ARGS ?=
+.PHONY: benchmark
+benchmark: $(STAMP)
+	$(PY) benchmarks/quality.py $(if $(BRATS_DIR),--brats_dir $(BRATS_DIR)) $(if $(LUNA16_DIR),--luna16_dir $(LUNA16_DIR)) \
+		$(if $(CXR14_DIR),--cxr14_dir $(CXR14_DIR)) $(BENCH_ARGS)

@@ -31,13 +31,15 @@ def discover(names: list[str] | None) -> list[Path]:
     return bundles
 
 
-def run_demo(bundle: Path, work_dir: Path) -> dict:
+def run_demo(bundle: Path, work_dir: Path, args: list[str] | None = None, env: dict[str, str] | None = None) -> dict:
+    """Run ``python -m scripts.demo --work_dir DIR [args]`` from the bundle directory; its results.json + status."""
     work_dir.mkdir(parents=True, exist_ok=True)
     results = work_dir / "results.json"
     results.unlink(missing_ok=True)
     print(f"\n=== {bundle.name}: demo in {work_dir} ===", flush=True)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "scripts.demo", "--work_dir", str(work_dir)], cwd=bundle)
+    cmd = [sys.executable, "-m", "scripts.demo", "--work_dir", str(work_dir), *(args or [])]
+    proc = subprocess.run(cmd, cwd=bundle, env=env)
     seconds = time.perf_counter() - start
     if proc.returncode != 0 or not results.is_file():
         return {"bundle": bundle.name, "ok": False, "seconds": seconds, "metrics": {}}

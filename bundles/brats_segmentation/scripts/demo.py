@@ -36,31 +36,39 @@ def main(
     n_cases: int = 48,
     size: tuple[int, int, int] = (96, 96, 64),
     seed: int = 0,
+    dataset_dir: str = "",
+    reference: bool = False,
 ) -> dict:
+    """``dataset_dir``: a BraTS root in the real layout instead of generated data; ``reference``: train and infer
+    with the bundle's default configs (the model-zoo recipe) instead of the CPU demo overrides."""
     work = Path(work_dir).resolve()
-    data = work / "data"
+    data = Path(dataset_dir).resolve() if dataset_dir else work / "data"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BUNDLE_DIR.parents[1]), str(BUNDLE_DIR)])}
     py = sys.executable
 
-    print(f"[demo] generating {n_cases} synthetic BraTS 2021 cases {tuple(size)} in {data}", flush=True)
-    if not data.is_dir() or len(list(data.glob("BraTS2021_*"))) != n_cases:
+    train_configs = "['configs/train.json']" if reference else DEMO_CONFIGS
+    eval_configs = "['configs/train.json','configs/evaluate.json']" if reference else EVAL_CONFIGS
+    if dataset_dir:
+        print(f"[demo] using the dataset at {data}", flush=True)
+    elif not data.is_dir() or len(list(data.glob("BraTS2021_*"))) != n_cases:
+        print(f"[demo] generating {n_cases} synthetic BraTS 2021 cases {tuple(size)} in {data}", flush=True)
         from scripts.synthetic import generate
 
         generate(data, n_cases=n_cases, layout="2021", size=size, seed=seed)
 
     common_args = ["--dataset_dir", str(data), "--bundle_root", str(work)]
     train_seconds = _run(
-        [py, "-m", "monai.bundle", "run", "training", "--config_file", DEMO_CONFIGS, *common_args], env
+        [py, "-m", "monai.bundle", "run", "training", "--config_file", train_configs, *common_args], env
     )
     print(f"[demo] training took {train_seconds:.0f} s", flush=True)
-    _run([py, "-m", "monai.bundle", "run", "evaluating", "--config_file", EVAL_CONFIGS, *common_args], env)
+    _run([py, "-m", "monai.bundle", "run", "evaluating", "--config_file", eval_configs, *common_args], env)
     metrics = json.loads((work / "eval" / "metrics.json").read_text())
 
     datalist = json.loads((work / "eval" / "datalist.json").read_text())
     case = datalist["testing"][0]
     case_dir = str(Path(case["image"][0]).parent)
     infer_args = ["--dataset_dir", case_dir, "--bundle_root", str(work), "--output_dir", str(work / "pred")]
-    overrides = ["--init_filters", "8", "--roi_size", "[96,96,64]", "--overlay", "true"]
+    overrides = ["--overlay", "true"] + ([] if reference else ["--init_filters", "8", "--roi_size", "[96,96,64]"])
     _run([py, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", *infer_args, *overrides], env)
 
     keep = {k: round(v, 4) for k, v in sorted(metrics.items()) if k.startswith("test_")}
@@ -69,7 +77,12 @@ def main(
         "metrics": keep,
         "train_seconds": round(train_seconds, 1),
         "notes": (
-            f"synthetic BraTS 2021 layout, {n_cases} cases {tuple(size)} at 1 mm, split "
+            (
+                f"{data} ({datalist.get('edition', '?')} layout)"
+                if dataset_dir
+                else f"synthetic BraTS 2021 layout, {n_cases} cases {tuple(size)} at 1 mm"
+            )
+            + f", {'reference configs' if reference else 'demo configs'}, split "
             f"{len(datalist['training'])}/{len(datalist['validation'])}/{len(datalist['testing'])} (seed "
             f"{datalist['seed']}); metrics on the test split; test_dice/test_hd95 use the BraTS empty-case rule "
             f"(HD95 373.13 mm when exactly one mask is empty), *_nan exclude empty references; prediction "

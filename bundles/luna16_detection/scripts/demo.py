@@ -38,35 +38,42 @@ def main() -> None:
     p.add_argument("--n_scans", type=int, default=60)
     p.add_argument("--size", type=int, nargs=3, default=[96, 96, 48])
     p.add_argument("--epochs", type=int, default=None, help="override demo.json epochs")
+    p.add_argument("--dataset_dir", default="", help="a LUNA16 root in the real layout instead of generated data")
+    p.add_argument("--reference", action="store_true", help="the bundle's default configs instead of demo.json")
     a = p.parse_args()
 
     work = Path(a.work_dir).resolve()
-    data, out = work / "data", work / "bundle"
+    data, out = (Path(a.dataset_dir).resolve() if a.dataset_dir else work / "data"), work / "bundle"
+    demo = [] if a.reference else ["configs/demo.json"]
+    train_cfg, eval_cfg, infer_cfg = (
+        str(["configs/train.json", *demo]),
+        str(["configs/train.json", "configs/evaluate.json", *demo]),
+        str(["configs/inference.json", *demo]),
+    )
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("OMP_NUM_THREADS", "1")  # the shared 2-core machine measured faster with one thread per job
     py = sys.executable
 
     t0 = time.time()
-    from scripts.synthetic import generate
+    if not a.dataset_dir:
+        from scripts.synthetic import generate
 
-    generate(data, n_scans=a.n_scans, size=tuple(a.size), seed=0)
-    print(f"generated {a.n_scans} synthetic scans in {time.time() - t0:.1f} s under {data}", flush=True)
+        generate(data, n_scans=a.n_scans, size=tuple(a.size), seed=0)
+        print(f"generated {a.n_scans} synthetic scans in {time.time() - t0:.1f} s under {data}", flush=True)
 
     common = ["--dataset_dir", str(data), "--bundle_root", str(out)]
     extra = ["--epochs", str(a.epochs), "--val_interval", str(a.epochs)] if a.epochs else []
     train_s = run(
-        [py, "-m", "monai.bundle", "run", "training", "--config_file",
-         "['configs/train.json','configs/demo.json']", *common, *extra],
+        [py, "-m", "monai.bundle", "run", "training", "--config_file", train_cfg, *common, *extra],
         env,
     )  # fmt: skip
     eval_s = run(
-        [py, "-m", "monai.bundle", "run", "--config_file",
-         "['configs/train.json','configs/evaluate.json','configs/demo.json']", *common],
+        [py, "-m", "monai.bundle", "run", "--config_file", eval_cfg, *common],
         env,
     )  # fmt: skip
     infer_s = run(
-        [py, "-m", "monai.bundle", "run", "--config_file", "['configs/inference.json','configs/demo.json']",
+        [py, "-m", "monai.bundle", "run", "--config_file", infer_cfg,
          "--dataset_dir", str(data / "subset0"), "--bundle_root", str(out), "--save_png", "True"],
         env,
     )  # fmt: skip
@@ -75,9 +82,13 @@ def main() -> None:
     uids = work / "test_seriesuids.txt"
     uids.write_text("\n".join(sorted(m.stem for m in (data / "subset0").glob("*.mhd"))) + "\n")
     csv_dir = work / "froc_from_submission"
+    excluded = [
+        data / "annotations_excluded.csv",
+        data / "evaluationScript" / "annotations" / "annotations_excluded.csv",
+    ]
+    excluded_args = next((["--excluded", str(f)] for f in excluded if f.is_file()), [])
     run(
-        [py, "-m", "scripts.froc", "--annotations", str(data / "annotations.csv"),
-         "--excluded", str(data / "annotations_excluded.csv"),
+        [py, "-m", "scripts.froc", "--annotations", str(data / "annotations.csv"), *excluded_args,
          "--predictions", str(out / "eval" / "inference" / "submission.csv"),
          "--seriesuids", str(uids), "--out_dir", str(csv_dir)],
         env,
@@ -97,7 +108,12 @@ def main() -> None:
         "metrics": metrics,
         "train_seconds": round(train_s, 1),
         "notes": (
-            f"synthetic LUNA16 layout, {a.n_scans} scans {a.size[0]}x{a.size[1]}x{a.size[2]}; test = subset0 "
+            (
+                f"{data} (LUNA16 layout)"
+                if a.dataset_dir
+                else f"synthetic LUNA16 layout, {a.n_scans} scans {a.size[0]}x{a.size[1]}x{a.size[2]}"
+            )
+            + f", {'default' if a.reference else 'demo'} configs; test = subset0 "
             f"({froc['n_scans']} scans, {froc['n_nodules']} nodules), validation = subset1, training = subsets 2-9; "
             f"small RetinaNet (configs/demo.json), evaluate {eval_s:.0f} s, inference {infer_s:.0f} s; "
             "CPM = mean sensitivity at 1/8..8 FP/scan (LUNA16 rules, scripts/froc.py)"

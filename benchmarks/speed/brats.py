@@ -1,0 +1,506 @@
+"""Speed of the brats_segmentation bundle against the MONAI model-zoo reference (brats_mri_segmentation) on CPU.
+
+Reference (REFERENCE.md section 6), rebuilt from MONAI components: LoadImaged of the 4 modalities,
+NormalizeIntensityd(nonzero, channel_wise), SegResNet(blocks_down=[1,2,2,4], init_filters=16), SlidingWindowInferer
+(240x240x160, sw_batch_size 1, overlap 0.5) in fp32, sigmoid > 0.5, labels ET->4, else TC->1, else WT->2, SaveImaged;
+training: plain Dataset, batch 1, random crop, 3 flips, intensity scale/shift, DiceLoss, Adam, fp32.
+Ours: the bundle's configs/inference.json and configs/train.json as shipped (parsed with ConfigParser).
+Both get the same weights (seeded random init of the bundle's network_def) and the same synthetic case
+(scripts.synthetic, 240x240x155 at 1 mm like real BraTS).
+
+    .venv/bin/python benchmarks/speed/brats.py --out benchmarks/results/speed_brats.json
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+from agreement import BRATS_REGIONS as LABEL_SETS  # noqa: E402
+from agreement import region_dice  # noqa: E402
+
+BUNDLE = "brats_segmentation"
+BUNDLE_DIR = harness.setup_paths(BUNDLE)
+REGIONS = ("TC", "WT", "ET")
+DEMO_WEIGHTS = harness.ROOT / "work_dirs" / "demo" / BUNDLE / "models" / "model.pt"
+
+
+def sizes(smoke: bool) -> dict[str, Any]:
+    if smoke:
+        return {"case": (48, 48, 32), "n_cases": 5, "train_roi": [32, 32, 24], "ref_roi": [48, 48, 32]}
+    # inference at the real BraTS size; training crop shrunk from the model zoo's 224x224x144 (one iteration of
+    # that costs ~45 s per side on 2 cores) to 128^3, the same for both sides
+    return {"case": (240, 240, 155), "n_cases": 5, "train_roi": [128, 128, 128], "ref_roi": [240, 240, 160]}
+
+
+# ------------------------------------------------------------------------------------------------ data / metric
+
+
+def make_data(work: Path, size: tuple[int, int, int], n_cases: int) -> Path:
+    from scripts import synthetic
+
+    root = work / "data"
+    if not (root / f"BraTS2021_{n_cases - 1:05d}").is_dir():
+        synthetic.generate(root, n_cases=n_cases, layout="2021", size=size, seed=0)
+    return root
+
+
+def read_labels(path: Path) -> Any:
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj), img.affine, img.shape
+
+
+# ------------------------------------------------------------------------------------------------ pipelines
+
+
+def network_def(init_filters: int = 16, dropout: float = 0.2) -> Any:
+    from monai.networks.nets import SegResNet
+
+    return SegResNet(
+        blocks_down=[1, 2, 2, 4],
+        blocks_up=[1, 1, 1],
+        init_filters=init_filters,
+        in_channels=4,
+        out_channels=3,
+        dropout_prob=dropout,
+    )
+
+
+def _labels_from_regions(x: Any) -> Any:
+    """[TC, WT, ET] masks -> one label map as in the model zoo: ET -> 4, else TC -> 1, else WT -> 2."""
+    import torch
+
+    tc, wt, et = x[0] > 0.5, x[1] > 0.5, x[2] > 0.5
+    out = torch.zeros_like(x[:1])
+    out[0][wt] = 2
+    out[0][tc] = 1
+    out[0][et] = 4
+    return out
+
+
+def reference_evaluator(network: Any, case_dir: Path, out_dir: Path, roi: list[int]) -> Any:
+    """The model-zoo inference pipeline from MONAI components (fp32, plain Dataset, SaveImaged)."""
+    import numpy as np
+    import torch
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedEvaluator
+    from monai.inferers import SlidingWindowInferer
+    from monai.transforms import (
+        Activationsd,
+        AsDiscreted,
+        Compose,
+        EnsureChannelFirstd,
+        Lambdad,
+        LoadImaged,
+        NormalizeIntensityd,
+        SaveImaged,
+    )
+
+    case = case_dir.name
+    item = {"image": [str(case_dir / f"{case}_{m}.nii.gz") for m in ("t1ce", "t1", "t2", "flair")]}
+    pre = Compose(
+        [
+            LoadImaged("image", image_only=True),
+            EnsureChannelFirstd("image"),
+            NormalizeIntensityd("image", nonzero=True, channel_wise=True),
+        ]
+    )
+    post = Compose(
+        [
+            Activationsd("pred", sigmoid=True),
+            AsDiscreted("pred", threshold=0.5),
+            Lambdad("pred", _labels_from_regions),
+            SaveImaged(
+                "pred",
+                output_dir=str(out_dir),
+                output_postfix="seg",
+                output_dtype=np.uint8,
+                resample=False,
+                separate_folder=False,
+                print_log=False,
+            ),
+        ]
+    )
+    loader = DataLoader(Dataset([item], pre), batch_size=1, num_workers=0)
+    return SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=loader,
+        network=network,
+        inferer=SlidingWindowInferer(roi_size=roi, sw_batch_size=1, overlap=0.5),
+        postprocessing=post,
+    )
+
+
+def our_parser(config: str, overrides: dict[str, Any]) -> Any:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_DIR / "configs" / config))
+    parser.update({"bundle_root": str(BUNDLE_DIR), **overrides})
+    return parser
+
+
+SMOKE_OVERRIDES: dict[str, Any] = {}  # --smoke: the window shrunk like the reference's (tiny volumes)
+
+
+def our_evaluator(case_dir: Path, out_dir: Path, overrides: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """The bundle's inference.json evaluator (network, inferer, pre/postprocessing exactly as configured)."""
+    overrides = {"dataset_dir": str(case_dir), "output_dir": str(out_dir), **SMOKE_OVERRIDES, **(overrides or {})}
+    parser = our_parser("inference.json", overrides)
+    return parser.get_parsed_content("evaluator"), parser
+
+
+def crop_lever_overrides() -> dict[str, Any]:
+    """Lever measured but not the default: sliding window on the brain's bounding box (scripts/inferers.py)."""
+    return {
+        "inferer#inferer": {
+            "_target_": "scripts.inferers.ForegroundCropInferer",
+            "roi_size": "@roi_size",
+            "sw_batch_size": 1,
+            "overlap": 0.5,
+            "margin": 8,
+        }
+    }
+
+
+def reference_trainer(network: Any, items: list[dict], roi: list[int]) -> Any:
+    """One epoch over ``items`` (the iteration count: a full epoch lets the DataLoader workers exit cleanly)."""
+    import numpy as np
+    import torch
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedTrainer
+    from monai.handlers import MeanDice, from_engine
+    from monai.inferers import SimpleInferer
+    from monai.losses import DiceLoss
+    from monai.transforms import (
+        Activationsd,
+        AsDiscreted,
+        CastToTyped,
+        Compose,
+        ConvertToMultiChannelBasedOnBratsClassesd,
+        EnsureChannelFirstd,
+        LoadImaged,
+        NormalizeIntensityd,
+        RandFlipd,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        RandSpatialCropd,
+    )
+
+    keys = ["image", "label"]
+    pre = Compose(
+        [
+            LoadImaged(keys, image_only=True),
+            EnsureChannelFirstd(keys),
+            ConvertToMultiChannelBasedOnBratsClassesd("label"),
+            CastToTyped("label", dtype=np.float32),
+            NormalizeIntensityd("image", nonzero=True, channel_wise=True),
+            RandSpatialCropd(keys, roi_size=roi, random_size=False),
+            RandFlipd(keys, prob=0.5, spatial_axis=0),
+            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            RandFlipd(keys, prob=0.5, spatial_axis=2),
+            RandScaleIntensityd("image", factors=0.1, prob=1.0),
+            RandShiftIntensityd("image", offsets=0.1, prob=1.0),
+        ]
+    )
+    data = [{"image": i["image"], "label": i["label"]} for i in items]
+    loader = DataLoader(Dataset(data, pre), batch_size=1, shuffle=True, num_workers=4)  # model zoo: 4 workers
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-4, weight_decay=1e-5)
+    return SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=loader,
+        network=network,
+        optimizer=optimizer,
+        loss_function=DiceLoss(smooth_nr=0, smooth_dr=1e-5, squared_pred=True, sigmoid=True),
+        inferer=SimpleInferer(),
+        postprocessing=Compose([Activationsd("pred", sigmoid=True), AsDiscreted("pred", threshold=0.5)]),
+        key_train_metric={"train_mean_dice": MeanDice(output_transform=from_engine(["pred", "label"]))},
+    )
+
+
+def our_trainer(data_root: Path, work: Path, roi: list[int], items: list[dict]) -> tuple[Any, Any]:
+    """The bundle's train.json trainer; only the crop size, the training items (one epoch = the timed
+    iterations) and the run-long handlers (validation, checkpoints, TensorBoard) are overridden."""
+    parser = our_parser(
+        "train.json",
+        {
+            "dataset_dir": str(data_root),
+            "output_dir": str(work / "ours_train"),
+            "roi_size": roi,
+            "epochs": 1,
+            "train_datalist": items,
+            "train#handlers": [],
+        },
+    )
+    return parser.get_parsed_content("train#trainer"), parser
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+def _fresh_weights(seed: int = 0) -> dict:
+    import torch
+
+    torch.manual_seed(seed)
+    return copy.deepcopy(network_def().state_dict())
+
+
+def _load(network: Any, state: dict) -> Any:
+    network.load_state_dict(state)
+    return network
+
+
+def _output_file(out_dir: Path) -> Path:
+    files = sorted(out_dir.glob("*seg*.nii.gz"))
+    if len(files) != 1:
+        raise RuntimeError(f"{out_dir}: expected one segmentation, found {[f.name for f in files]}")
+    return files[0]
+
+
+def child_main(args: Any) -> None:
+    """Fresh-process run of one side (inference: one case end to end; train: one short run) for peak memory."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    side, task = args.child.split(":")
+    work = Path(args.work_dir)
+    sz = sizes(args.smoke)
+    if args.smoke:
+        SMOKE_OVERRIDES["roi_size"] = sz["ref_roi"]
+    state = torch.load(args.child_state, weights_only=True)
+    data_root = work / "data"
+    case_dir = data_root / "BraTS2021_00000"
+    t = time.perf_counter()
+    if task == "infer":
+        out = work / f"child_{side}"
+        if side == "reference":
+            net = _load(network_def(), state)
+            reference_evaluator(net, case_dir, out, sz["ref_roi"]).run()
+        else:
+            ev, parser = our_evaluator(case_dir, out, crop_lever_overrides() if side == "ours+crop" else None)
+            _load(parser.get_parsed_content("network"), state)
+            ev.run()
+    else:
+        from scripts.prepare import load_split
+
+        if side == "reference":
+            items = load_split(data_root, "training")[:1]
+            reference_trainer(_load(network_def(), state), items, sz["train_roi"]).run()
+        else:
+            items = load_split(data_root, "training")[:1]
+            trainer, parser = our_trainer(data_root, work, sz["train_roi"], items)
+            _load(parser.get_parsed_content("network"), state)
+            trainer.run()
+    harness.child_report({"side": side, "task": task, "seconds": round(time.perf_counter() - t, 2)})
+
+
+def agreement_with(state: dict, init_filters: int, case_dir: Path, work: Path, roi: list[int], tag: str) -> dict:
+    """Run reference, ours and the crop lever once with the given weights and compare the written label maps."""
+    net = _load(network_def(init_filters, 0.0), state)
+    ref_out = work / f"agree_{tag}_reference"
+    reference_evaluator(net, case_dir, ref_out, roi).run()
+    ref_labels, ref_affine, ref_shape = read_labels(_output_file(ref_out))
+    result: dict[str, Any] = {}
+    for side, ov in (("ours", {}), ("ours+crop", crop_lever_overrides())):
+        out = work / f"agree_{tag}_{side}"
+        ev, parser = our_evaluator(case_dir, out, {"init_filters": init_filters, **ov})
+        _load(parser.get_parsed_content("network"), state)
+        ev.run()
+        labels, affine, shape = read_labels(_output_file(out))
+        result[side] = {
+            "dice": region_dice(ref_labels, labels),
+            "same_shape_and_affine": bool(shape == ref_shape and abs(affine - ref_affine).max() < 1e-4),
+        }
+    result["reference_voxels"] = {r: int(sum((ref_labels == v).sum() for v in LABEL_SETS[r])) for r in REGIONS}
+    return result
+
+
+def dice_text(agreement: dict[str, Any], name: str) -> str:
+    parts = []
+    for key in ("random_init_weights", "demo_trained_weights"):
+        if key in agreement:
+            parts.append("/".join(f"{v:.3f}" for v in agreement[key][name]["dice"].values()))
+    return " ; ".join(parts)
+
+
+def main() -> None:  # noqa: C901 - one linear script: data, inference, agreement, training, memory, report
+    parser = harness.base_parser(__doc__.split("\n")[0])
+    parser.set_defaults(repeats=2, train_iters=2)  # full-size runs of ~10 min on 2 cores
+    args = parser.parse_args()
+    if args.child:
+        child_main(args)
+        return
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.smoke:
+        args.repeats, args.train_iters = 1, 1
+    sz = sizes(args.smoke)
+    if args.smoke:
+        SMOKE_OVERRIDES["roi_size"] = sz["ref_roi"]
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="speed_brats_"))
+    work.mkdir(parents=True, exist_ok=True)
+    log = print
+    machine = harness.machine_info(args.threads)
+    peak = harness.matmul_peak_gflops(512 if args.smoke else 2048)
+    log(
+        f"machine: {machine['cpu_model']}, {machine['cpus']} CPUs, native bf16 {machine['native_bf16']}; "
+        f"matmul peak {peak:.1f} GFLOP/s"
+    )
+    t = time.perf_counter()
+    data_root = make_data(work, sz["case"], sz["n_cases"])
+    case_dir = data_root / "BraTS2021_00000"
+    log(f"synthetic data {sz['n_cases']} cases of {sz['case']} in {time.perf_counter() - t:.0f} s: {data_root}")
+    state = _fresh_weights()
+    state_file = work / "weights.pt"
+    torch.save(state, state_file)
+
+    # ---- inference, end to end per case (load, preprocess, infer, postprocess, write)
+    ref_net = _load(network_def(), state)
+    ref_out, our_out, crop_out = work / "ref_out", work / "our_out", work / "crop_out"
+    ref_ev = reference_evaluator(ref_net, case_dir, ref_out, sz["ref_roi"])
+    our_ev, our_p = our_evaluator(case_dir, our_out)
+    _load(our_p.get_parsed_content("network"), state)
+    crop_ev, crop_p = our_evaluator(case_dir, crop_out, crop_lever_overrides())
+    _load(crop_p.get_parsed_content("network"), state)
+    flops: dict[str, int] = {}
+
+    def counted(name: str, fn: Any) -> Any:
+        def run() -> None:
+            with harness.count_flops() as c:
+                fn()
+            flops[name] = c.total
+
+        return run
+
+    sides = {"reference": ref_ev.run, "ours": our_ev.run, "ours+crop": crop_ev.run}
+    log("inference (end to end, one 4-modality case):")
+    infer = harness.interleaved(sides, args.repeats, warmup={k: counted(k, v) for k, v in sides.items()}, log=log)
+    for name in sides:
+        infer[name]["gflop"] = round(flops[name] / 1e9, 1)
+        infer[name]["gflops_achieved"] = round(flops[name] / 1e9 / infer[name]["median_s"], 1)
+        infer[name]["fraction_of_matmul_peak"] = round(flops[name] / 1e9 / infer[name]["median_s"] / peak, 3)
+
+    ref_labels, ref_affine, ref_shape = read_labels(_output_file(ref_out))
+    agreement: dict[str, Any] = {"random_init_weights": {}}
+    for name, out in (("ours", our_out), ("ours+crop", crop_out)):
+        labels, affine, shape = read_labels(_output_file(out))
+        agreement["random_init_weights"][name] = {
+            "dice": region_dice(ref_labels, labels),
+            "same_shape_and_affine": bool(shape == ref_shape and abs(affine - ref_affine).max() < 1e-4),
+        }
+    if DEMO_WEIGHTS.is_file() and not args.smoke:
+        # random weights put many voxels near the 0.5 threshold; the demo's trained weights (init_filters 8,
+        # `make demo`) give a second, more meaningful agreement check
+        from common.checkpoint import load_checkpoint, model_state
+
+        log("agreement with the demo's trained weights (init_filters 8):")
+        demo_state = model_state(load_checkpoint(DEMO_WEIGHTS, map_location="cpu"))
+        agreement["demo_trained_weights"] = agreement_with(demo_state, 8, case_dir, work, sz["ref_roi"], "demo")
+
+    # ---- training throughput (samples/s, data loading included)
+    from scripts.prepare import load_split
+
+    items = load_split(data_root, "training")[: args.train_iters]
+    iters = len(items)
+    ref_tr = reference_trainer(_load(network_def(), state), items, sz["train_roi"])
+    our_tr, our_tp = our_trainer(data_root, work, sz["train_roi"], items)
+    _load(our_tp.get_parsed_content("network"), state)
+    tsides = {"reference": ref_tr.run, "ours": our_tr.run}
+    log(f"training ({iters} iterations of batch 1, crop {sz['train_roi']}, data loading included):")
+    flops.clear()
+    train = harness.interleaved(tsides, args.repeats, warmup={k: counted(k, v) for k, v in tsides.items()}, log=log)
+    for name in tsides:
+        train[name]["samples_per_s"] = round(iters / train[name]["median_s"], 4)
+        train[name]["gflop_per_run"] = round(flops[name] / 1e9, 1)
+        train[name]["fraction_of_matmul_peak"] = round(flops[name] / 1e9 / train[name]["median_s"] / peak, 3)
+
+    # ---- peak memory, one fresh process per side
+    memory: dict[str, Any] = {}
+    if not args.no_memory:
+        script = Path(__file__).resolve()
+        common_argv = ["--work_dir", str(work), "--child_state", str(state_file), "--threads", str(args.threads)]
+        common_argv += ["--smoke"] if args.smoke else []
+        for task, names in (("infer", ["reference", "ours", "ours+crop"]), ("train", ["reference", "ours"])):
+            for name in names:
+                r = harness.run_child(script, ["--child", f"{name}:{task}", *common_argv])
+                memory[f"{task}_{name}"] = r["peak_rss_mb"]
+                log(f"  peak RSS {task} {name}: {r['peak_rss_mb']:.0f} MB")
+
+    # ---- report
+    rows = []
+    for name in ("ours", "ours+crop"):
+        rows.append(
+            [
+                f"inference per case, {name}",
+                infer["reference"]["median_s"],
+                infer[name]["median_s"],
+                harness.ratio(infer["reference"]["median_s"], infer[name]["median_s"]),
+                3.0,
+                dice_text(agreement, name),
+                f"{memory.get('infer_reference', float('nan')):.0f} / {memory.get(f'infer_{name}', float('nan')):.0f}",
+                f"{infer['reference']['fraction_of_matmul_peak']:.2f} / {infer[name]['fraction_of_matmul_peak']:.2f}",
+            ]
+        )
+    rows.append(
+        [
+            "training samples/s",
+            train["reference"]["samples_per_s"],
+            train["ours"]["samples_per_s"],
+            harness.ratio(train["ours"]["samples_per_s"], train["reference"]["samples_per_s"]),
+            2.0,
+            "-",
+            f"{memory.get('train_reference', float('nan')):.0f} / {memory.get('train_ours', float('nan')):.0f}",
+            f"{train['reference']['fraction_of_matmul_peak']:.2f} / {train['ours']['fraction_of_matmul_peak']:.2f}",
+        ]
+    )
+    header = [
+        "measure",
+        "reference",
+        "ours",
+        "speed-up",
+        "target",
+        "Dice vs reference TC/WT/ET (random-init / demo-trained weights)",
+        "peak RSS MB (ref / ours)",
+        "matmul-peak fraction (ref / ours)",
+    ]
+    table = harness.markdown_table(header, rows)
+    results = {
+        "bundle": BUNDLE,
+        "command": harness.command_line(),
+        "machine": machine,
+        "matmul_peak_gflops": round(peak, 1),
+        "smoke": args.smoke,
+        "sizes": {
+            "case": list(sz["case"]),
+            "reference_roi": sz["ref_roi"],
+            "train_crop": sz["train_roi"],
+            "note": "inference at the real BraTS size; training crop reduced from the model zoo's 224x224x144 "
+            "to keep the run within minutes on 2 cores (same crop both sides)",
+        },
+        "our_amp": our_p.get_parsed_content("amp").describe(),
+        "inference": infer,
+        "inference_speedup": {n: harness.ratio(infer["reference"]["median_s"], infer[n]["median_s"]) for n in sides},
+        "agreement": agreement,
+        "training": train,
+        "training_speedup": harness.ratio(train["ours"]["samples_per_s"], train["reference"]["samples_per_s"]),
+        "peak_rss_mb": memory,
+        "table_markdown": table,
+    }
+    out = harness.write_results(args.out or harness.default_out("brats"), results)
+    print(table)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

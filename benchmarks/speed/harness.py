@@ -1,0 +1,233 @@
+"""Shared timing, memory and FLOP helpers for the speed benchmarks (one script per bundle beside this file).
+
+Why each piece is done this way:
+- Timing: wall clock (``time.perf_counter``) of whole end-to-end runs, one untimed warm-up per side, then sides
+  interleaved A/B/A/B so that load from other users of a shared machine falls on both sides; the median is
+  reported with every sample kept in the JSON.
+- Peak memory: ``tracemalloc`` does not see torch's allocations, so every side runs once more in a fresh Python
+  subprocess (``--child``) that reports its own ``ru_maxrss`` (the whole process: Python + torch + MONAI + data).
+- Compute efficiency: FLOPs of the network calls counted with ``torch.utils.flop_counter.FlopCounterMode``
+  (convolutions and matmuls; 1 multiply-add = 2 FLOPs) during the warm-up run, divided by the measured time,
+  as a fraction of a large fp32 ``torch.matmul`` measured in the same run (this CPU's practical peak).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLES = ROOT / "bundles"
+CHILD_MARK = "SPEED_CHILD_RESULT "
+
+
+def setup_paths(bundle: str) -> Path:
+    """Put the repo root (``common``) and the bundle directory (its ``scripts`` package) on ``sys.path``."""
+    bundle_dir = BUNDLES / bundle
+    for p in (str(ROOT), str(bundle_dir)):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    return bundle_dir
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", default=None, help="JSON results file (default benchmarks/results/speed_<bundle>.json)")
+    p.add_argument("--work_dir", default=None, help="where synthetic data and outputs go (default: a temp dir)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per side (after one warm-up each)")
+    p.add_argument("--train_iters", type=int, default=3, help="training iterations per timed run")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat: checks the script, times nothing")
+    p.add_argument("--no_memory", action="store_true", help="skip the fresh-subprocess peak-memory runs")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: "<side>:<task>" in a subprocess
+    p.add_argument("--child_state", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+# ----------------------------------------------------------------------------------------------- machine
+
+
+def lscpu() -> dict[str, str]:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    info = {}
+    for line in out.splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            info[k.strip()] = v.strip()
+    return info
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """Model name, cores, the bf16-relevant flags and library versions: what a reader needs to compare numbers."""
+    import monai
+    import torch
+
+    from common.amp import amp_settings, cpu_flags, cpu_supports_bf16
+
+    cpu = lscpu()
+    flags = cpu_flags() or set()
+    relevant = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"]
+    return {
+        "cpu_model": cpu.get("Model name", platform.processor()),
+        "cpus": os.cpu_count(),
+        "cores_per_socket": cpu.get("Core(s) per socket"),
+        "hypervisor": cpu.get("Hypervisor vendor"),
+        "bf16_flags": {f: f in flags for f in relevant},
+        "native_bf16": cpu_supports_bf16(),
+        "bundle_amp_on_this_cpu": amp_settings("cpu").describe(),
+        "torch_threads": threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average_at_start": list(os.getloadavg()),
+    }
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-``repeats`` fp32 GFLOP/s of an n x n matmul: the practical compute peak of this CPU and thread count."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+@contextmanager
+def count_flops() -> Any:
+    """``with count_flops() as c: ...; c.total`` -> FLOPs of the torch ops run inside (convs, matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class _Counter:
+        total = 0
+
+    counter = _Counter()
+    mode = FlopCounterMode(display=False)
+    with mode:
+        yield counter
+    counter.total = int(mode.get_total_flops())
+
+
+# ----------------------------------------------------------------------------------------------- timing
+
+
+def interleaved(
+    sides: dict[str, Callable[[], Any]],
+    repeats: int,
+    warmup: dict[str, Callable[[], Any]] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, Any]]:
+    """Time each side's callable ``repeats`` times in A/B/A/B order after one warm-up each (``warmup`` may give
+    a different callable for the warm-up, e.g. one that counts FLOPs). Returns per side the samples and median."""
+    results: dict[str, dict[str, Any]] = {name: {"samples_s": []} for name in sides}
+    for name, fn in sides.items():
+        t = time.perf_counter()
+        (warmup or {}).get(name, fn)()
+        results[name]["warmup_s"] = round(time.perf_counter() - t, 3)
+        log(f"  warm-up {name}: {results[name]['warmup_s']:.2f} s")
+    for r in range(repeats):
+        order = list(sides) if r % 2 == 0 else list(reversed(sides))
+        for name in order:
+            t = time.perf_counter()
+            sides[name]()
+            elapsed = time.perf_counter() - t
+            results[name]["samples_s"].append(round(elapsed, 3))
+            log(f"  run {r + 1}/{repeats} {name}: {elapsed:.2f} s")
+    for res in results.values():
+        res["median_s"] = round(statistics.median(res["samples_s"]), 3)
+        res["spread_pct"] = round(100 * (max(res["samples_s"]) - min(res["samples_s"])) / res["median_s"], 1)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- memory
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process's address space: ``VmHWM`` from /proc (reset by exec, unlike
+    ``ru_maxrss``, which Linux carries over from the forking parent), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def child_report(payload: dict[str, Any]) -> None:
+    """Called at the end of a ``--child`` run: print this process's peak RSS (MB) for the parent to read.
+    DataLoader worker processes (ours and the reference both use them in training) are not included."""
+    payload = {**payload, "peak_rss_mb": peak_rss_mb()}
+    print(CHILD_MARK + json.dumps(payload), flush=True)
+
+
+def run_child(script: str | Path, argv: Sequence[str], timeout: float = 1800) -> dict[str, Any]:
+    """Run ``script argv`` in a fresh interpreter and return what it passed to ``child_report``."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run(
+        [sys.executable, str(script), *argv], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(CHILD_MARK):
+            return json.loads(line[len(CHILD_MARK) :])
+    raise RuntimeError(f"child {argv} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def ratio(reference: float, ours: float) -> float:
+    """How many times faster ours is (reference time / our time)."""
+    return round(reference / ours, 2) if ours > 0 else float("nan")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def command_line() -> str:
+    rel = os.path.relpath(sys.argv[0], ROOT)
+    return " ".join([".venv/bin/python", rel, *sys.argv[1:]])
+
+
+def write_results(path: str | Path, results: dict[str, Any]) -> Path:
+    """Atomic JSON write; adds the load average at the end (with the one at the start: interference from others)."""
+    results = {**results, "load_average_at_end": list(os.getloadavg())}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp_{path.name}")
+    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def default_out(bundle_short: str) -> Path:
+    return ROOT / "benchmarks" / "results" / f"speed_{bundle_short}.json"

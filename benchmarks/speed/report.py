@@ -1,0 +1,95 @@
+"""Write the measured speed tables (benchmarks/results/speed_*.json) into each bundle's docs/README.md "Speed"
+section (between ``<!-- speed:begin -->`` and ``<!-- speed:end -->``; inserted before "## References" the first
+time), so the docs show exactly what the JSON holds, with command, machine and date.
+
+    .venv/bin/python benchmarks/speed/report.py            # print the sections
+    .venv/bin/python benchmarks/speed/report.py --write    # update the READMEs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+BEGIN, END = "<!-- speed:begin -->", "<!-- speed:end -->"
+BUNDLES = {"brats": "brats_segmentation", "luna16": "luna16_detection", "cxr": "cxr14_classification"}
+REFERENCE = {
+    "brats": "MONAI model-zoo `brats_mri_segmentation` settings (SegResNet, sliding window 240x240x160, overlap 0.5, "
+    "fp32, plain `Dataset`), rebuilt from MONAI components",
+    "luna16": "MONAI model-zoo `lung_nodule_ct_detection` settings (RetinaNet ResNet-50 FPN, overlap 0.25, fp32), "
+    "rebuilt from MONAI components",
+    "cxr": "CheXNet settings (DenseNet-121, 224 px, fp32, batch 16, plain `Dataset`), rebuilt from MONAI components",
+}
+
+
+def machine_line(m: dict) -> str:
+    flags = m["bf16_flags"]
+    shown = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items() if k != "avx2")
+    return (
+        f"{m['cpu_model']}, {m['cpus']} CPUs ({m.get('hypervisor') or 'bare metal'} VM), {shown}; "
+        f"torch {m['torch']} ({m['torch_threads']} threads), MONAI {m['monai']}; {m['date_utc']}"
+    )
+
+
+def section(short: str, notes: str = "") -> str:
+    r = json.loads((RESULTS / f"speed_{short}.json").read_text())
+    lines = [
+        BEGIN,
+        "## Speed",
+        "",
+        f"Our configs against the {REFERENCE[short]}, same weights and same synthetic inputs, timed in one process "
+        "(one warm-up per side, then runs interleaved reference/ours; medians). Peak memory: resident set of a "
+        "fresh process per side. Matmul-peak fraction: network FLOPs (torch `FlopCounterMode`) per second over "
+        f"the fp32 `torch.matmul` peak measured in the same run ({r['matmul_peak_gflops']} GFLOP/s).",
+        "",
+        f"- command (repository root): `PYTHONPATH=. {r['command']}` (also `make benchmark-speed`)",
+        f"- machine: {machine_line(r['machine'])}",
+        f"- our precision on this CPU: {r['our_amp']} (`common.amp`: bf16 only where the CPU has native bf16)",
+        f"- sizes: {json.dumps(r['sizes'])}",
+        f"- raw results: `benchmarks/results/speed_{short}.json`",
+        "",
+        r["table_markdown"],
+        "",
+    ]
+    if notes:
+        lines += [notes.strip(), ""]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def update_readme(bundle: str, text: str) -> Path:
+    path = ROOT / "bundles" / bundle / "docs" / "README.md"
+    doc = path.read_text()
+    if BEGIN in doc and END in doc:
+        doc = doc[: doc.index(BEGIN)] + text + doc[doc.index(END) + len(END) :]
+    elif "\n## References" in doc:
+        i = doc.index("\n## References")
+        doc = doc[: i + 1] + text + "\n\n" + doc[i + 1 :]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
+    path.write_text(doc)
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--write", action="store_true", help="update the bundles' docs/README.md")
+    p.add_argument("--notes", default=None, help="JSON file {short name: markdown notes under the table}")
+    a = p.parse_args()
+    notes = json.loads(Path(a.notes).read_text()) if a.notes else {}
+    for short, bundle in BUNDLES.items():
+        if not (RESULTS / f"speed_{short}.json").is_file():
+            print(f"(no results for {short} yet)")
+            continue
+        text = section(short, notes.get(short, ""))
+        if a.write:
+            print(f"updated {update_readme(bundle, text)}")
+        else:
+            print(text, "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The speed benchmarks (benchmarks/speed/) without timing anything: agreement metrics on known cases, and one
+script in --smoke mode (tiny volumes, one repeat, no memory subprocesses) producing JSON with the expected keys."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEED = ROOT / "benchmarks" / "speed"
+
+
+def _agreement():
+    spec = importlib.util.spec_from_file_location("speed_agreement", SPEED / "agreement.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_region_dice_on_a_known_case() -> None:
+    agreement = _agreement()
+    a = np.zeros((4, 4, 4), np.uint8)
+    b = np.zeros((4, 4, 4), np.uint8)
+    a[0, 0, :4] = 4  # 4 ET voxels
+    b[0, 0, :2] = 4  # 2 of them ET in b
+    b[0, 0, 2:4] = 1  # the other 2 necrosis: still TC and WT
+    a[1, 0, :2] = 2  # 2 edema voxels only in a (WT)
+    dice = agreement.region_dice(a, b)
+    assert dice["ET"] == pytest.approx(2 * 2 / (4 + 2), abs=1e-4)  # rounded to 5 decimals
+    assert dice["TC"] == pytest.approx(1.0)
+    assert dice["WT"] == pytest.approx(2 * 4 / (6 + 4))
+    assert agreement.region_dice(np.zeros((2, 2, 2)), np.zeros((2, 2, 2))) == {"TC": 1.0, "WT": 1.0, "ET": 1.0}
+    with pytest.raises(ValueError, match="shape"):
+        agreement.region_dice(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)))
+
+
+def test_detection_matching_and_auroc_on_known_cases() -> None:
+    agreement = _agreement()
+    ref = {"boxes": [[0, 0, 0, 5, 5, 5], [10, 0, 0, 5, 5, 5], [20, 0, 0, 5, 5, 5]], "scores": [0.9, 0.5, 0.3]}
+    ours = {"boxes": [[0.5, 0, 0, 5, 5, 5], [10, 0, 0, 5, 5, 5], [40, 0, 0, 5, 5, 5]], "scores": [0.9, 0.55, 0.3]}
+    m = agreement.match_detections(ref, ours)  # 1st matches, 2nd differs in score, 3rd in position
+    assert (m["matched"], m["n_reference"], m["n_ours"]) == (1, 3, 3)
+    assert agreement.auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert np.isnan(agreement.auroc([0.1, 0.2], [1, 1]))
+    probs = {"a": [0.9, 0.1], "b": [0.2, 0.3], "c": [0.1, 0.7]}
+    labels = {"a": [1, 0], "b": [0, 0], "c": [0, 0]}  # label 2 has no positive: skipped
+    assert agreement.mean_auroc(probs, labels) == pytest.approx(1.0)
+
+
+def test_brats_speed_script_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "speed_brats.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(SPEED / "brats.py"), "--smoke", "--no_memory", "--threads", "1"]
+    cmd += ["--work_dir", str(tmp_path / "work"), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    for key in (
+        "machine",
+        "matmul_peak_gflops",
+        "inference",
+        "inference_speedup",
+        "agreement",
+        "training",
+        "training_speedup",
+        "table_markdown",
+        "command",
+    ):
+        assert key in result, key
+    assert result["smoke"] is True
+    assert set(result["inference"]) == {"reference", "ours", "ours+crop"}
+    assert result["matmul_peak_gflops"] > 0 and result["inference"]["ours"]["gflop"] > 0
+    # same weights, same window, fp32 on both sides: the label maps agree and stay in the input's space
+    ours = result["agreement"]["random_init_weights"]["ours"]
+    assert ours["same_shape_and_affine"] and min(ours["dice"].values()) >= 0.99
+    assert result["training"]["ours"]["samples_per_s"] > 0
+
+
+def test_foreground_crop_inferer_matches_the_sliding_window_inside_the_brain() -> None:
+    """The BraTS crop lever (opt-in, bundles/brats_segmentation/scripts/inferers.py): output in the input's shape
+    and metadata, fill value outside the non-zero box, and with no zero border identical to the plain window."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.inferers import SlidingWindowInferer
+
+    path = ROOT / "bundles" / "brats_segmentation" / "scripts" / "inferers.py"
+    spec = importlib.util.spec_from_file_location("brats_inferers", path)
+    inferers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(inferers)
+
+    net = torch.nn.Conv3d(2, 3, 3, padding=1)
+    x = torch.zeros(1, 2, 20, 24, 16)
+    x[:, :, 4:13, 6:20, 3:11] = torch.rand(1, 2, 9, 14, 8) + 0.1
+    image = MetaTensor(x, affine=torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0])))
+    assert inferers.foreground_box(image) == [slice(4, 13), slice(6, 20), slice(3, 11)]
+    assert inferers.foreground_box(image, margin=5) == [slice(0, 18), slice(1, 24), slice(0, 16)]
+    assert inferers.foreground_box(torch.zeros(1, 1, 4, 4, 4)) is None
+    crop = inferers.ForegroundCropInferer(roi_size=[32, 32, 32], margin=0, k_divisible=1, fill_value=-30.0)
+    with torch.no_grad():
+        out = crop(image, net)
+        full = SlidingWindowInferer(roi_size=[32, 32, 32])(image, net)
+    assert out.shape == (1, 3, 20, 24, 16) and torch.equal(out.affine, image.affine)
+    assert torch.all(out[:, :, :4] == -30.0) and torch.all(out[:, :, 13:] == -30.0)
+    # a 3x3x3 convolution only sees zeros beyond the box, so its interior outputs are the same either way
+    torch.testing.assert_close(out[:, :, 5:12, 7:19, 4:10], full[:, :, 5:12, 7:19, 4:10].as_tensor())
+    whole = torch.rand(1, 2, 8, 8, 8) + 0.1  # nothing to crop: identical to the plain sliding window
+    with torch.no_grad():
+        torch.testing.assert_close(crop(whole, net), SlidingWindowInferer(roi_size=[32, 32, 32])(whole, net))
