@@ -24,16 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
+sys.path[:0] = [str(ROOT / "tools"), str(ROOT / "benchmarks" / "speed")]
 
 from demo import discover, run_demo  # noqa: E402  (tools/demo.py: runs one bundle's scripts/demo.py)
+from harness import machine_info  # noqa: E402  (CPU model, bf16 flags, versions: shared with the speed scripts)
 
 from common.files import atomic_write_text, write_json_atomic  # noqa: E402
 
@@ -46,46 +45,24 @@ REAL_DIR_OPTIONS = {
 }
 
 
-def machine() -> dict[str, str | int]:
-    """What produced the numbers: CPU model, cores, Python/torch/MONAI versions."""
-    import monai
-    import torch
-
-    model = platform.processor() or platform.machine()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), model)
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return {
-        "cpu": model,
-        "cores": os.cpu_count() or 0,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-    }
-
-
 def check(measured: dict[str, float], expected: dict[str, dict]) -> list[dict]:
     """One row per expected metric: measured value, allowed band and status (ok / REGRESSION / better / missing)."""
     rows = []
     for name, spec in expected.items():
-        value, tol, higher = spec["expected"], spec["tolerance"], spec.get("better", "higher") == "higher"
+        value, tol, better = spec["expected"], spec["tolerance"], spec.get("better", "higher")
         got = measured.get(name)
-        if got is None:
+        if got is None or value is None:  # no expected value yet: measure with --update
             status = "missing"
-        elif value is None:
-            status = "missing"  # no expected value yet: measure with --update
-            value = float("nan")
-        elif (got < value - tol) if higher else (got > value + tol):
+        elif (got < value - tol) if better == "higher" else (got > value + tol):
             status = "REGRESSION"
-        elif (got > value + tol) if higher else (got < value - tol):
+        elif (got > value + tol) if better == "higher" else (got < value - tol):
             status = "better (update expected.json)"
         else:
             status = "ok"
-        rows.append({"metric": name, "expected": value, "tolerance": tol, "better": spec.get("better", "higher")})
-        rows[-1].update({"measured": got, "status": status})
+        value = float("nan") if value is None else value
+        rows.append(
+            {"metric": name, "expected": value, "tolerance": tol, "better": better, "measured": got, "status": status}
+        )
     return rows
 
 
@@ -138,7 +115,11 @@ def main() -> int:
     env = {**os.environ, "BUNDLES_AMP": "0", "PYTHONHASHSEED": "0"}
     env.setdefault("OMP_NUM_THREADS", str(args.threads))
     work = args.work_dir.resolve()
-    info = {"machine": machine(), "command": " ".join([Path(sys.executable).name, *sys.argv]), "results": {}}
+    info = {
+        "machine": machine_info(int(env["OMP_NUM_THREADS"])),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "results": {},
+    }
     start = time.perf_counter()
     for bundle in discover(names):
         if real:
@@ -166,7 +147,7 @@ def main() -> int:
         ]
     m = info["machine"]
     header = (
-        f"{title}\n\nCommand: `{info['command']}`; machine: {m['cpu']}, {m['cores']} cores, CUDA {m['cuda']}; "
+        f"{title}\n\nCommand: `{info['command']}`; machine: {m['cpu_model']}, {m['cpus']} cores, CUDA {m['cuda']}; "
         f"torch {m['torch']}, MONAI {m['monai']}; fp32 (BUNDLES_AMP=0), OMP_NUM_THREADS={env['OMP_NUM_THREADS']}; "
         f"{info['seconds'] / 60:.1f} min.\n"
     )
@@ -179,7 +160,9 @@ def main() -> int:
             for row in res.get("checks", []):
                 if row["measured"] is not None:
                     expected["bundles"][bundle][row["metric"]]["expected"] = round(row["measured"], 4)
-        expected["measured_on"] = f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {time.strftime('%Y-%m-%d')}"
+        expected["measured_on"] = (
+            f"{m['cpu_model']}, {m['cpus']} cores, torch {m['torch']}, {time.strftime('%Y-%m-%d')}"
+        )
         atomic_write_text(json.dumps(expected, indent=4) + "\n", args.expected)
         print(f"updated {args.expected}")
     if failed:

@@ -13,9 +13,7 @@ Both get the same weights (seeded random init of the bundle's network_def) and t
 
 from __future__ import annotations
 
-import copy
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -248,18 +246,6 @@ def our_trainer(data_root: Path, work: Path, roi: list[int], items: list[dict]) 
 # ------------------------------------------------------------------------------------------------ runs
 
 
-def _fresh_weights(seed: int = 0) -> dict:
-    import torch
-
-    torch.manual_seed(seed)
-    return copy.deepcopy(network_def().state_dict())
-
-
-def _load(network: Any, state: dict) -> Any:
-    network.load_state_dict(state)
-    return network
-
-
 def _output_file(out_dir: Path) -> Path:
     files = sorted(out_dir.glob("*seg*.nii.gz"))
     if len(files) != 1:
@@ -284,29 +270,29 @@ def child_main(args: Any) -> None:
     if task == "infer":
         out = work / f"child_{side}"
         if side == "reference":
-            net = _load(network_def(), state)
+            net = harness.load_state(network_def(), state)
             reference_evaluator(net, case_dir, out, sz["ref_roi"]).run()
         else:
             ev, parser = our_evaluator(case_dir, out, crop_lever_overrides() if side == "ours+crop" else None)
-            _load(parser.get_parsed_content("network"), state)
+            harness.load_state(parser.get_parsed_content("network"), state)
             ev.run()
     else:
         from scripts.prepare import load_split
 
         if side == "reference":
             items = load_split(data_root, "training")[:1]
-            reference_trainer(_load(network_def(), state), items, sz["train_roi"]).run()
+            reference_trainer(harness.load_state(network_def(), state), items, sz["train_roi"]).run()
         else:
             items = load_split(data_root, "training")[:1]
             trainer, parser = our_trainer(data_root, work, sz["train_roi"], items)
-            _load(parser.get_parsed_content("network"), state)
+            harness.load_state(parser.get_parsed_content("network"), state)
             trainer.run()
     harness.child_report({"side": side, "task": task, "seconds": round(time.perf_counter() - t, 2)})
 
 
 def agreement_with(state: dict, init_filters: int, case_dir: Path, work: Path, roi: list[int], tag: str) -> dict:
     """Run reference, ours and the crop lever once with the given weights and compare the written label maps."""
-    net = _load(network_def(init_filters, 0.0), state)
+    net = harness.load_state(network_def(init_filters, 0.0), state)
     ref_out = work / f"agree_{tag}_reference"
     reference_evaluator(net, case_dir, ref_out, roi).run()
     ref_labels, ref_affine, ref_shape = read_labels(_output_file(ref_out))
@@ -314,7 +300,7 @@ def agreement_with(state: dict, init_filters: int, case_dir: Path, work: Path, r
     for side, ov in (("ours", {}), ("ours+crop", crop_lever_overrides())):
         out = work / f"agree_{tag}_{side}"
         ev, parser = our_evaluator(case_dir, out, {"init_filters": init_filters, **ov})
-        _load(parser.get_parsed_content("network"), state)
+        harness.load_state(parser.get_parsed_content("network"), state)
         ev.run()
         labels, affine, shape = read_labels(_output_file(out))
         result[side] = {
@@ -342,37 +328,27 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
         return
     import torch
 
-    torch.set_num_threads(args.threads)
-    if args.smoke:
-        args.repeats, args.train_iters = 1, 1
+    work, machine, peak = harness.start(args, "brats")
     sz = sizes(args.smoke)
     if args.smoke:
         SMOKE_OVERRIDES["roi_size"] = sz["ref_roi"]
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="speed_brats_"))
-    work.mkdir(parents=True, exist_ok=True)
     log = print
-    machine = harness.machine_info(args.threads)
-    peak = harness.matmul_peak_gflops(512 if args.smoke else 2048)
-    log(
-        f"machine: {machine['cpu_model']}, {machine['cpus']} CPUs, native bf16 {machine['native_bf16']}; "
-        f"matmul peak {peak:.1f} GFLOP/s"
-    )
     t = time.perf_counter()
     data_root = make_data(work, sz["case"], sz["n_cases"])
     case_dir = data_root / "BraTS2021_00000"
     log(f"synthetic data {sz['n_cases']} cases of {sz['case']} in {time.perf_counter() - t:.0f} s: {data_root}")
-    state = _fresh_weights()
+    state = harness.seeded_state(network_def)
     state_file = work / "weights.pt"
     torch.save(state, state_file)
 
     # ---- inference, end to end per case (load, preprocess, infer, postprocess, write)
-    ref_net = _load(network_def(), state)
+    ref_net = harness.load_state(network_def(), state)
     ref_out, our_out, crop_out = work / "ref_out", work / "our_out", work / "crop_out"
     ref_ev = reference_evaluator(ref_net, case_dir, ref_out, sz["ref_roi"])
     our_ev, our_p = our_evaluator(case_dir, our_out)
-    _load(our_p.get_parsed_content("network"), state)
+    harness.load_state(our_p.get_parsed_content("network"), state)
     crop_ev, crop_p = our_evaluator(case_dir, crop_out, crop_lever_overrides())
-    _load(crop_p.get_parsed_content("network"), state)
+    harness.load_state(crop_p.get_parsed_content("network"), state)
     flops: dict[str, int] = {}
 
     def counted(name: str, fn: Any) -> Any:
@@ -413,9 +389,9 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
 
     items = load_split(data_root, "training")[: args.train_iters]
     iters = len(items)
-    ref_tr = reference_trainer(_load(network_def(), state), items, sz["train_roi"])
+    ref_tr = reference_trainer(harness.load_state(network_def(), state), items, sz["train_roi"])
     our_tr, our_tp = our_trainer(data_root, work, sz["train_roi"], items)
-    _load(our_tp.get_parsed_content("network"), state)
+    harness.load_state(our_tp.get_parsed_content("network"), state)
     tsides = {"reference": ref_tr.run, "ours": our_tr.run}
     log(f"training ({iters} iterations of batch 1, crop {sz['train_roi']}, data loading included):")
     flops.clear()
@@ -475,31 +451,30 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
         "matmul-peak fraction (ref / ours)",
     ]
     table = harness.markdown_table(header, rows)
-    results = {
-        "bundle": BUNDLE,
-        "command": harness.command_line(),
-        "machine": machine,
-        "matmul_peak_gflops": round(peak, 1),
-        "smoke": args.smoke,
-        "sizes": {
-            "case": list(sz["case"]),
-            "reference_roi": sz["ref_roi"],
-            "train_crop": sz["train_roi"],
-            "note": "inference at the real BraTS size; training crop reduced from the model zoo's 224x224x144 "
-            "to keep the run within minutes on 2 cores (same crop both sides)",
+    harness.finish(
+        "brats",
+        args,
+        machine,
+        peak,
+        table,
+        {
+            "bundle": BUNDLE,
+            "sizes": {
+                "case": list(sz["case"]),
+                "reference_roi": sz["ref_roi"],
+                "train_crop": sz["train_roi"],
+                "note": "inference at the real BraTS size; training crop reduced from the model zoo's 224x224x144 "
+                "to keep the run within minutes on 2 cores (same crop both sides)",
+            },
+            "our_amp": our_p.get_parsed_content("amp").describe(),
+            "inference": infer,
+            "inference_speedup": harness.speedups(infer, sides),
+            "agreement": agreement,
+            "training": train,
+            "training_speedup": harness.speedups(train, ["ours"], "samples_per_s")["ours"],
+            "peak_rss_mb": memory,
         },
-        "our_amp": our_p.get_parsed_content("amp").describe(),
-        "inference": infer,
-        "inference_speedup": {n: harness.ratio(infer["reference"]["median_s"], infer[n]["median_s"]) for n in sides},
-        "agreement": agreement,
-        "training": train,
-        "training_speedup": harness.ratio(train["ours"]["samples_per_s"], train["reference"]["samples_per_s"]),
-        "peak_rss_mb": memory,
-        "table_markdown": table,
-    }
-    out = harness.write_results(args.out or harness.default_out("brats"), results)
-    print(table)
-    print(f"wrote {out}")
+    )
 
 
 if __name__ == "__main__":

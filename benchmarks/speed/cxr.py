@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import csv
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -246,18 +245,6 @@ def our_trainer(
 # ------------------------------------------------------------------------------------------------ runs
 
 
-def _fresh_weights(seed: int = 0) -> dict:
-    import torch
-
-    torch.manual_seed(seed)
-    return copy.deepcopy(network_def().state_dict())
-
-
-def _load(network: Any, state: dict) -> Any:
-    network.load_state_dict(state)
-    return network
-
-
 def child_main(args: Any) -> None:
     import torch
 
@@ -277,10 +264,10 @@ def child_main(args: Any) -> None:
     else:
         items = all_items(work / "data")[: sz["batch"]]
         if side == "reference":
-            reference_trainer(_load(network_def(), state), items, sz["batch"]).run()
+            reference_trainer(harness.load_state(network_def(), state), items, sz["batch"]).run()
         else:
             trainer, parser = our_trainer(items, work, sz["batch"])
-            _load(parser.get_parsed_content("network"), state)
+            harness.load_state(parser.get_parsed_content("network"), state)
             trainer.run()
     harness.child_report({"side": side, "task": task, "seconds": round(time.perf_counter() - t, 2)})
 
@@ -292,19 +279,9 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
         return
     import torch
 
-    torch.set_num_threads(args.threads)
-    if args.smoke:
-        args.repeats, args.train_iters = 1, 1
+    work, machine, peak = harness.start(args, "cxr")
     sz = sizes(args.smoke)
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="speed_cxr_"))
-    work.mkdir(parents=True, exist_ok=True)
     log = print
-    machine = harness.machine_info(args.threads)
-    peak = harness.matmul_peak_gflops(512 if args.smoke else 2048)
-    log(
-        f"machine: {machine['cpu_model']}, {machine['cpus']} CPUs, native bf16 {machine['native_bf16']}; "
-        f"matmul peak {peak:.1f} GFLOP/s"
-    )
     t = time.perf_counter()
     root = make_data(work, sz["image"], sz["n_patients"])
     items = all_items(root)
@@ -314,7 +291,7 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
         f"synthetic data: {len(items)} images of {sz['image']} px in {time.perf_counter() - t:.0f} s; "
         f"inference on {n_infer}"
     )
-    state = _fresh_weights()
+    state = harness.seeded_state(network_def)
     weights = work / "weights.pt"
     torch.save({"model": state}, weights)
 
@@ -332,7 +309,7 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
 
         return run
 
-    _load(our_p.get_parsed_content("network"), state)
+    harness.load_state(our_p.get_parsed_content("network"), state)
     ort_ev, _ = our_evaluator(folder, work / "ort_out", weights)
     ort_ev.network = onnxruntime_network(our_p.get_parsed_content("network"), args.threads)
     sides = {"reference": ref_ev.run, "ours": our_ev.run, "ours+onnxruntime": ort_ev.run}
@@ -372,13 +349,13 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
     n_train = sz["batch"] * args.train_iters
     train_items = items[:n_train]
     iters = len(train_items) // sz["batch"]
-    ref_tr = reference_trainer(_load(network_def(), state), train_items, sz["batch"])
+    ref_tr = reference_trainer(harness.load_state(network_def(), state), train_items, sz["batch"])
     our_tr, our_tp = our_trainer(train_items, work, sz["batch"])
-    _load(our_tp.get_parsed_content("network"), state)
+    harness.load_state(our_tp.get_parsed_content("network"), state)
     # lever: the bundle's own cache_rate parameter (deterministic load/resize/normalise cached in RAM, filled
     # before timing, i.e. epochs after the first); 224^2 float32 per image = 22 GB for all of CXR14
     cache_tr, cache_tp = our_trainer(train_items, work, sz["batch"], {"cache_rate": 1.0, "num_workers": 0})
-    _load(cache_tp.get_parsed_content("network"), state)
+    harness.load_state(cache_tp.get_parsed_content("network"), state)
     tsides = {"reference": ref_tr.run, "ours": our_tr.run, "ours+cache": cache_tr.run}
     log(f"training ({iters} iterations of batch {sz['batch']}, data loading included):")
     flops.clear()
@@ -441,27 +418,29 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
         "matmul-peak fraction (ref / ours)",
     ]
     table = harness.markdown_table(header, rows)
-    results = {
-        "bundle": BUNDLE,
-        "command": harness.command_line(),
-        "machine": machine,
-        "matmul_peak_gflops": round(peak, 1),
-        "smoke": args.smoke,
-        "sizes": {"image_px": sz["image"], "n_inference_images": n_infer, "batch": sz["batch"], "train_iters": iters},
-        "our_amp": our_p.get_parsed_content("amp").describe(),
-        "inference": infer,
-        "inference_speedup": {n: harness.ratio(infer["reference"]["median_s"], infer[n]["median_s"]) for n in sides},
-        "agreement": agreement,
-        "training": train,
-        "training_speedup": {
-            n: harness.ratio(train[n]["samples_per_s"], train["reference"]["samples_per_s"]) for n in tsides
+    harness.finish(
+        "cxr",
+        args,
+        machine,
+        peak,
+        table,
+        {
+            "bundle": BUNDLE,
+            "sizes": {
+                "image_px": sz["image"],
+                "n_inference_images": n_infer,
+                "batch": sz["batch"],
+                "train_iters": iters,
+            },
+            "our_amp": our_p.get_parsed_content("amp").describe(),
+            "inference": infer,
+            "inference_speedup": harness.speedups(infer, sides),
+            "agreement": agreement,
+            "training": train,
+            "training_speedup": harness.speedups(train, tsides, "samples_per_s"),
+            "peak_rss_mb": memory,
         },
-        "peak_rss_mb": memory,
-        "table_markdown": table,
-    }
-    out = harness.write_results(args.out or harness.default_out("cxr"), results)
-    print(table)
-    print(f"wrote {out}")
+    )
 
 
 if __name__ == "__main__":

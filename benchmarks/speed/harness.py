@@ -14,6 +14,7 @@ Why each piece is done this way:
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import os
@@ -22,6 +23,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -54,6 +56,37 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: "<side>:<task>" in a subprocess
     p.add_argument("--child_state", default=None, help=argparse.SUPPRESS)
     return p
+
+
+def start(args: argparse.Namespace, name: str) -> tuple[Path, dict[str, Any], float]:
+    """Common prologue of every speed script: threads, smoke settings, work dir, machine info and matmul peak."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.smoke:
+        args.repeats, args.train_iters = 1, 1
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix=f"speed_{name}_"))
+    work.mkdir(parents=True, exist_ok=True)
+    machine = machine_info(args.threads)
+    peak = matmul_peak_gflops(512 if args.smoke else 2048)
+    print(
+        f"machine: {machine['cpu_model']}, {machine['cpus']} CPUs, native bf16 {machine['native_bf16']}; "
+        f"matmul peak {peak:.1f} GFLOP/s"
+    )
+    return work, machine, peak
+
+
+def seeded_state(make_network: Callable[[], Any], seed: int = 0) -> dict:
+    """State dict of a freshly built network after ``torch.manual_seed(seed)``: the same weights for both sides."""
+    import torch
+
+    torch.manual_seed(seed)
+    return copy.deepcopy(make_network().state_dict())
+
+
+def load_state(network: Any, state: dict) -> Any:
+    network.load_state_dict(state)
+    return network
 
 
 # ----------------------------------------------------------------------------------------------- machine
@@ -90,6 +123,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "bf16_flags": {f: f in flags for f in relevant},
         "native_bf16": cpu_supports_bf16(),
         "bundle_amp_on_this_cpu": amp_settings("cpu").describe(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         "torch_threads": threads,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -220,13 +254,38 @@ def command_line() -> str:
 
 def write_results(path: str | Path, results: dict[str, Any]) -> Path:
     """Atomic JSON write; adds the load average at the end (with the one at the start: interference from others)."""
+    from common.files import atomic_write_text
+
     results = {**results, "load_average_at_end": list(os.getloadavg())}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp_{path.name}")
-    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(json.dumps(results, indent=2, default=str) + "\n", path)
+
+
+def speedups(timings: dict[str, dict[str, Any]], sides: Sequence[str], key: str = "median_s") -> dict[str, float]:
+    """Reference time over each side's time (``median_s``), or each side's rate over the reference's."""
+    ref = timings["reference"][key]
+    if key == "median_s":
+        return {n: ratio(ref, timings[n][key]) for n in sides}
+    return {n: ratio(timings[n][key], ref) for n in sides}
+
+
+def finish(
+    name: str, args: argparse.Namespace, machine: dict[str, Any], peak: float, table: str, results: dict[str, Any]
+) -> Path:
+    """Write the script's results with the fields every speed JSON has, and print the table."""
+    out = write_results(
+        args.out or default_out(name),
+        {
+            "command": command_line(),
+            "machine": machine,
+            "matmul_peak_gflops": round(peak, 1),
+            "smoke": args.smoke,
+            **results,
+            "table_markdown": table,
+        },
+    )
+    print(table)
+    print(f"wrote {out}")
+    return out
 
 
 def default_out(bundle_short: str) -> Path:

@@ -20,10 +20,8 @@ bias -3) so that a random network gives a spread of scores above the 0.02 thresh
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -321,15 +319,15 @@ def our_trainer(items: list[dict[str, Any]], work: Path, patch: list[int], batch
 # ------------------------------------------------------------------------------------------------ runs
 
 
-def _fresh_weights(seed: int = 0) -> dict:
+def _scoring_network() -> Any:
+    """The bundle's RetinaNet with a redrawn classification layer: a fresh one scores every box ~0.01, below 0.02."""
     import torch
 
-    torch.manual_seed(seed)
     net = network_def()
     head = net.classification_head.cls_logits
     torch.nn.init.normal_(head.weight, std=0.1)
     torch.nn.init.constant_(head.bias, -3.0)
-    return copy.deepcopy(net.state_dict())
+    return net
 
 
 def child_main(args: Any) -> None:
@@ -371,19 +369,9 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
         return
     import torch
 
-    torch.set_num_threads(args.threads)
-    if args.smoke:
-        args.repeats, args.train_iters = 1, 1
+    work, machine, peak = harness.start(args, "luna16")
     sz = sizes(args.smoke)
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="speed_luna16_"))
-    work.mkdir(parents=True, exist_ok=True)
     log = print
-    machine = harness.machine_info(args.threads)
-    peak = harness.matmul_peak_gflops(512 if args.smoke else 2048)
-    log(
-        f"machine: {machine['cpu_model']}, {machine['cpus']} CPUs, native bf16 {machine['native_bf16']}; "
-        f"matmul peak {peak:.1f} GFLOP/s"
-    )
     t = time.perf_counter()
     root = make_data(work, sz["scan"], sz["n_scans"])
     from scripts.prepare import build_items
@@ -394,7 +382,7 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
     (work / "items.json").write_text(json.dumps({"infer": item, "train": train_items}, default=str))
     shape = resampled_shape(item["image"])
     log(f"synthetic data in {time.perf_counter() - t:.0f} s; inference scan {item['seriesuid']} resampled to {shape}")
-    state = _fresh_weights()
+    state = harness.seeded_state(_scoring_network)
     ckpt = work / "ckpt" / "model.pt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": state}, ckpt)
@@ -488,33 +476,32 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
         "matmul-peak fraction (ref / ours)",
     ]
     table = harness.markdown_table(header, rows)
-    results = {
-        "bundle": BUNDLE,
-        "command": harness.command_line(),
-        "machine": machine,
-        "matmul_peak_gflops": round(peak, 1),
-        "smoke": args.smoke,
-        "sizes": {
-            "scan_voxels_written": list(sz["scan"]),
-            "scan_resampled": shape,
-            "inference_patch_both_sides": sz["roi"],
-            "train_patch_both_sides": sz["train_patch"],
-            "train_patches_per_scan": sz["train_batch"],
-            "note": "REDUCED: the model zoo's 512x512x192 inference patch and 192x192x80 x4 training patches are "
-            "infeasible on 2 CPU cores; both sides use the reduced patches above",
+    harness.finish(
+        "luna16",
+        args,
+        machine,
+        peak,
+        table,
+        {
+            "bundle": BUNDLE,
+            "sizes": {
+                "scan_voxels_written": list(sz["scan"]),
+                "scan_resampled": shape,
+                "inference_patch_both_sides": sz["roi"],
+                "train_patch_both_sides": sz["train_patch"],
+                "train_patches_per_scan": sz["train_batch"],
+                "note": "REDUCED: the model zoo's 512x512x192 inference patch and 192x192x80 x4 training patches are "
+                "infeasible on 2 CPU cores; both sides use the reduced patches above",
+            },
+            "our_amp": our_p.get_parsed_content("amp").describe(),
+            "inference": infer,
+            "inference_speedup": harness.speedups(infer, sides),
+            "agreement": agreement,
+            "training": train,
+            "training_speedup": harness.speedups(train, ["ours"], "samples_per_s")["ours"],
+            "peak_rss_mb": memory,
         },
-        "our_amp": our_p.get_parsed_content("amp").describe(),
-        "inference": infer,
-        "inference_speedup": {n: harness.ratio(infer["reference"]["median_s"], infer[n]["median_s"]) for n in sides},
-        "agreement": agreement,
-        "training": train,
-        "training_speedup": harness.ratio(train["ours"]["samples_per_s"], train["reference"]["samples_per_s"]),
-        "peak_rss_mb": memory,
-        "table_markdown": table,
-    }
-    out = harness.write_results(args.out or harness.default_out("luna16"), results)
-    print(table)
-    print(f"wrote {out}")
+    )
 
 
 if __name__ == "__main__":
