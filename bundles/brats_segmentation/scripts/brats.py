@@ -81,10 +81,16 @@ def _name(value: Any) -> str:
     return str(value[0] if isinstance(value, (list, tuple)) and len(value) == 1 else value)
 
 
-def check_headers(files: Sequence[str | Path], atol: float = 1e-3) -> tuple[tuple[int, ...], np.ndarray]:
-    """Shape and affine shared by all ``files`` (headers only, cheap); errors name the offending file."""
-    shape: tuple[int, ...] | None = None
-    affine: np.ndarray | None = None
+def check_headers(
+    files: Sequence[str | Path],
+    atol: float = 1e-3,
+    reference: tuple[tuple[int, ...], np.ndarray, str] | None = None,
+) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape and affine shared by all ``files`` (headers only, cheap); errors name the offending file.
+
+    ``reference``: (shape, affine, name) the files must match, e.g. a 4-channel image's spatial geometry.
+    """
+    shape, affine, first = reference if reference is not None else (None, None, Path(files[0]).name)
     for f in files:
         f = Path(f)
         if not f.is_file():
@@ -105,9 +111,9 @@ def check_headers(files: Sequence[str | Path], atol: float = 1e-3) -> tuple[tupl
         if shape is None:
             shape, affine = tuple(img.shape), img.affine
         elif tuple(img.shape) != shape:
-            raise BratsInputError(f"{f}: shape {tuple(img.shape)} differs from {Path(files[0]).name} {shape}")
+            raise BratsInputError(f"{f}: shape {tuple(img.shape)} differs from {first} {shape}")
         elif not np.allclose(img.affine, affine, atol=atol):
-            raise BratsInputError(f"{f}: affine differs from {Path(files[0]).name}:\n{img.affine}\nvs\n{affine}")
+            raise BratsInputError(f"{f}: affine differs from {first}:\n{img.affine}\nvs\n{affine}")
     assert shape is not None and affine is not None
     return shape, affine
 
@@ -184,12 +190,8 @@ class LoadBratsCased(MapTransform):
         others = [str(d[k]) for k in self.key_iterator(d) if k != self.image_key]
         if len(files) == 1:
             shape, affine = check_stacked(files[0])
-            for f in others:
-                other_shape, other_affine = check_headers([f])
-                if other_shape != shape or not np.allclose(other_affine, affine, atol=1e-3):
-                    raise BratsInputError(
-                        f"{f}: shape {other_shape} / affine differ from the image {Path(files[0]).name} {shape}"
-                    )
+            if others:
+                check_headers(others, reference=(shape, affine, Path(files[0]).name))
             image = self._load(files[0])
             if tuple(image.shape) != (4, *shape):
                 raise BratsInputError(f"{files[0]}: loaded as {tuple(image.shape)}, expected (4, {shape})")
@@ -210,12 +212,8 @@ class LoadBratsCased(MapTransform):
         return d
 
 
-class LabelsToRegionsd(MapTransform):
-    """BraTS label map -> [TC, WT, ET] masks, with the label values of the item's ``edition``.
-
-    Label values outside the edition's set are refused (naming the file): a 2023 seg read as 2018-2021
-    has no 4 and a 3 that would otherwise be dropped silently.
-    """
+class _EditionTransform(MapTransform):
+    """A transform whose label values depend on the item's ``edition`` (``default_edition`` when it has none)."""
 
     def __init__(
         self,
@@ -228,9 +226,20 @@ class LabelsToRegionsd(MapTransform):
         self.edition_key = edition_key
         self.default_edition = default_edition
 
+    def convention_of(self, d: Mapping[Hashable, Any]) -> Convention:
+        return convention(_name(d.get(self.edition_key) or self.default_edition))  # MONAI Label items have none
+
+
+class LabelsToRegionsd(_EditionTransform):
+    """BraTS label map -> [TC, WT, ET] masks, with the label values of the item's ``edition``.
+
+    Label values outside the edition's set are refused (naming the file): a 2023 seg read as 2018-2021
+    has no 4 and a 3 that would otherwise be dropped silently.
+    """
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        conv = convention(_name(d.get(self.edition_key) or self.default_edition))  # MONAI Label items have none
+        conv = self.convention_of(d)
         for key in self.key_iterator(d):
             seg = d[key]
             arr = np.asarray(seg.detach().cpu() if isinstance(seg, torch.Tensor) else seg)
@@ -248,7 +257,7 @@ class LabelsToRegionsd(MapTransform):
         return d
 
 
-class RegionsToLabelsd(MapTransform):
+class RegionsToLabelsd(_EditionTransform):
     """[TC, WT, ET] masks -> a (1, H, W, D) uint8 label map with the values of the item's edition.
 
     The last inference step before writing, so what leaves the bundle (a file, or MONAI Label's response)
@@ -256,20 +265,9 @@ class RegionsToLabelsd(MapTransform):
     Label, single files) get ``default_edition``'s.
     """
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        edition_key: str = "edition",
-        default_edition: str = "2021",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.edition_key = edition_key
-        self.default_edition = default_edition
-
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        conv = convention(_name(d.get(self.edition_key) or self.default_edition))
+        conv = self.convention_of(d)
         for key in self.key_iterator(d):
             regions = d[key]
             arr = regions.detach().cpu().numpy() if isinstance(regions, torch.Tensor) else np.asarray(regions)

@@ -410,13 +410,9 @@ def test_inference_items_from_files_folder_or_root(data: dict[str, Path]) -> Non
 # ---------------------------------------------------------------- one 4-channel file (MONAI Label's study format)
 
 
-def _stack(case: Path, dst: Path) -> Path:
-    return stack_case(case, dst)
-
-
 def test_single_four_channel_file_loads_like_the_four_files(data: dict[str, Path], tmp_path: Path) -> None:
     case = sorted(data["2023"].iterdir())[0]
-    stacked = _stack(case, tmp_path / "study.nii.gz")
+    stacked = stack_case(case, tmp_path / "study.nii.gz")
     from_files = LoadBratsCased("image")(inference_items(case)[0])["image"]
     for value in (str(stacked), [str(stacked)]):  # MONAI Label passes a bare path
         item = inference_items(str(stacked))[0] if isinstance(value, str) else {"image": value}
@@ -438,9 +434,14 @@ def test_single_file_with_wrong_channels_or_decathlon_name_is_refused(data: dict
     nib.save(nib.Nifti1Image(np.zeros((*SIZE, 3), np.float32), np.eye(4)), str(three))
     with pytest.raises(BratsInputError, match=r"three\.nii\.gz.*4D NIfTI \(x, y, z, 4\)"):
         LoadBratsCased("image")({"image": str(three)})
-    decathlon = _stack(case, tmp_path / "BRATS_001.nii.gz")
+    decathlon = stack_case(case, tmp_path / "BRATS_001.nii.gz")
     with pytest.raises(BratsInputError, match="BRATS_001.nii.gz.*Decathlon"):
         inference_items(str(decathlon))
+    small_seg = tmp_path / "small_seg.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), str(small_seg))
+    study = stack_case(case, tmp_path / "study.nii.gz")
+    with pytest.raises(BratsInputError, match=r"small_seg\.nii\.gz: shape \(8, 8, 8\) differs from study\.nii\.gz"):
+        LoadBratsCased(["image", "label"])({"image": str(study), "label": str(small_seg)})
     with pytest.raises(BratsInputError, match="got 2"):
         LoadBratsCased("image")({"image": [str(three), str(three)]})
 
@@ -451,7 +452,7 @@ def test_inference_on_single_file_writes_default_edition_labels(
 ) -> None:
     """A single-file study has no edition: the config's default_edition decides the written label values."""
     case = sorted(data["2021"].iterdir())[0]
-    stacked = _stack(case, tmp_path / "study.nii.gz")
+    stacked = stack_case(case, tmp_path / "study.nii.gz")
     torch.manual_seed(0)
     ckpt = tmp_path / "model.pt"
     inf = _workflow(
