@@ -1,5 +1,6 @@
-"""The speed benchmarks (benchmarks/speed/) without timing anything: agreement metrics on known cases, and one
-script in --smoke mode (tiny volumes, one repeat, no memory subprocesses) producing JSON with the expected keys."""
+"""The speed benchmarks (benchmarks/speed/) without timing anything: agreement metrics on known cases, the shared
+table rows, FLOP counting and fresh-process memory helpers, and one script in --smoke mode (tiny volumes, one
+repeat, no memory subprocesses) producing JSON with the expected keys."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +19,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEED = ROOT / "benchmarks" / "speed"
 
 
-def _agreement():
-    spec = importlib.util.spec_from_file_location("speed_agreement", SPEED / "agreement.py")
+def _speed_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"speed_{name}", SPEED / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_region_dice_on_a_known_case() -> None:
-    agreement = _agreement()
+    agreement = _speed_module("agreement")
     a = np.zeros((4, 4, 4), np.uint8)
     b = np.zeros((4, 4, 4), np.uint8)
     a[0, 0, :4] = 4  # 4 ET voxels
@@ -42,7 +44,7 @@ def test_region_dice_on_a_known_case() -> None:
 
 
 def test_detection_matching_and_auroc_on_known_cases() -> None:
-    agreement = _agreement()
+    agreement = _speed_module("agreement")
     ref = {"boxes": [[0, 0, 0, 5, 5, 5], [10, 0, 0, 5, 5, 5], [20, 0, 0, 5, 5, 5]], "scores": [0.9, 0.5, 0.3]}
     ours = {"boxes": [[0.5, 0, 0, 5, 5, 5], [10, 0, 0, 5, 5, 5], [40, 0, 0, 5, 5, 5]], "scores": [0.9, 0.55, 0.3]}
     m = agreement.match_detections(ref, ours)  # 1st matches, 2nd differs in score, 3rd in position
@@ -52,6 +54,63 @@ def test_detection_matching_and_auroc_on_known_cases() -> None:
     probs = {"a": [0.9, 0.1], "b": [0.2, 0.3], "c": [0.1, 0.7]}
     labels = {"a": [1, 0], "b": [0, 0], "c": [0, 0]}  # label 2 has no positive: skipped
     assert agreement.mean_auroc(probs, labels) == pytest.approx(1.0)
+
+
+def test_table_rows_put_speed_ups_and_memory_in_the_shared_columns() -> None:
+    report = _speed_module("report")
+    infer = {
+        "reference": {"median_s": 6.0, "per_image_s": 0.6, "fraction_of_matmul_peak": 0.1},
+        "ours": {"median_s": 2.0, "per_image_s": 0.2, "fraction_of_matmul_peak": 0.3},
+    }
+    train = {
+        "reference": {"samples_per_s": 1.0, "fraction_of_matmul_peak": 0.05},
+        "ours": {"samples_per_s": 2.5, "fraction_of_matmul_peak": 0.15},
+    }
+    memory = {"infer_reference": 1000.4, "infer_ours": 800.6, "train_reference": 1500.0}  # train_ours not measured
+    # inference: reference time / our time; training: our rate / reference rate
+    row = report.inference_row("inf", infer, "ours", 3.0, "ok", memory)
+    assert row == ["inf", 6.0, 2.0, 3.0, 3.0, "ok", "1000 / 801", "0.10 / 0.30"]
+    row = report.inference_row("inf", infer, "ours", 2.5, "ok", None, per="per_image_s")
+    assert row[1:4] == [0.6, 0.2, 3.0] and row[6] == "-"
+    row = report.training_row("tr", train, "ours", memory)
+    assert row == ["tr", 1.0, 2.5, 2.5, 2.0, "-", "1500 / nan", "0.05 / 0.15"]
+    lines = report.table([report.training_row("tr", train, "ours", {})], agreement="Dice").splitlines()
+    assert lines[0] == (
+        "| measure | reference | ours | speed-up | target | Dice | peak RSS MB (ref / ours) "
+        "| matmul-peak fraction (ref / ours) |"
+    )
+    assert lines[1] == "|" + "---|" * 8 and lines[2] == "| tr | 1 | 2.5 | 2.5 | 2 | - | nan / nan | 0.05 / 0.15 |"
+
+
+def test_flops_counted_in_the_warm_up_and_peak_memory_in_fresh_children(tmp_path: Path) -> None:
+    import argparse
+
+    import torch
+
+    harness = _speed_module("harness")
+    a = torch.randn(64, 32)
+    sides = {"reference": lambda: (a @ a.T, time.sleep(0.01)), "ours": lambda: time.sleep(0.01)}  # > 1 ms each
+    timings, flops = harness.interleaved_with_flops(sides, repeats=1, log=lambda _: None)
+    assert flops == {"reference": 2 * 64 * 32 * 64, "ours": 0}
+    assert len(timings["reference"]["samples_s"]) == 1 and "median_s" in timings["ours"]
+    assert harness.matmul_fraction(int(4e9), 2.0, 10.0) == 0.2
+
+    # a child that fails unless it gets the documented arguments; peak_memory keys its peak RSS <task>_<side>
+    child = tmp_path / "child.py"
+    child.write_text(
+        f"import sys\nsys.path.insert(0, {str(SPEED)!r})\nimport harness\n"
+        "a = harness.base_parser('child').parse_args()\n"
+        f"assert a.smoke and a.threads == 1 and a.work_dir == {str(tmp_path)!r} and a.child_state.endswith('w.pt')\n"
+        "harness.child_report({'child': a.child})\n"
+    )
+    args = argparse.Namespace(no_memory=False, threads=1, smoke=True)
+    logs: list[str] = []
+    tasks = {"infer": ["reference", "ours"], "train": ["ours"]}
+    memory = harness.peak_memory(child, args, tmp_path, tmp_path / "w.pt", tasks, log=logs.append)
+    assert list(memory) == ["infer_reference", "infer_ours", "train_ours"] and min(memory.values()) > 0
+    assert logs[0].startswith("  peak RSS infer reference: ") and len(logs) == 3
+    args.no_memory = True
+    assert harness.peak_memory(child, args, tmp_path, tmp_path / "w.pt", tasks) == {}
 
 
 def test_brats_speed_script_smoke(tmp_path: Path) -> None:

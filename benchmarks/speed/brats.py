@@ -20,6 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
+import report  # noqa: E402
 from agreement import BRATS_REGIONS as LABEL_SETS  # noqa: E402
 from agreement import region_dice  # noqa: E402
 
@@ -138,22 +139,13 @@ def reference_evaluator(network: Any, case_dir: Path, out_dir: Path, roi: list[i
     )
 
 
-def our_parser(config: str, overrides: dict[str, Any]) -> Any:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE_DIR / "configs" / config))
-    parser.update({"bundle_root": str(BUNDLE_DIR), **overrides})
-    return parser
-
-
 SMOKE_OVERRIDES: dict[str, Any] = {}  # --smoke: the window shrunk like the reference's (tiny volumes)
 
 
 def our_evaluator(case_dir: Path, out_dir: Path, overrides: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """The bundle's inference.json evaluator (network, inferer, pre/postprocessing exactly as configured)."""
     overrides = {"dataset_dir": str(case_dir), "output_dir": str(out_dir), **SMOKE_OVERRIDES, **(overrides or {})}
-    parser = our_parser("inference.json", overrides)
+    parser = harness.bundle_parser(BUNDLE_DIR, "inference.json", overrides)
     return parser.get_parsed_content("evaluator"), parser
 
 
@@ -229,7 +221,8 @@ def reference_trainer(network: Any, items: list[dict], roi: list[int]) -> Any:
 def our_trainer(data_root: Path, work: Path, roi: list[int], items: list[dict]) -> tuple[Any, Any]:
     """The bundle's train.json trainer; only the crop size, the training items (one epoch = the timed
     iterations) and the run-long handlers (validation, checkpoints, TensorBoard) are overridden."""
-    parser = our_parser(
+    parser = harness.bundle_parser(
+        BUNDLE_DIR,
         "train.json",
         {
             "dataset_dir": str(data_root),
@@ -349,23 +342,13 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
     harness.load_state(our_p.get_parsed_content("network"), state)
     crop_ev, crop_p = our_evaluator(case_dir, crop_out, crop_lever_overrides())
     harness.load_state(crop_p.get_parsed_content("network"), state)
-    flops: dict[str, int] = {}
-
-    def counted(name: str, fn: Any) -> Any:
-        def run() -> None:
-            with harness.count_flops() as c:
-                fn()
-            flops[name] = c.total
-
-        return run
-
     sides = {"reference": ref_ev.run, "ours": our_ev.run, "ours+crop": crop_ev.run}
     log("inference (end to end, one 4-modality case):")
-    infer = harness.interleaved(sides, args.repeats, warmup={k: counted(k, v) for k, v in sides.items()}, log=log)
+    infer, flops = harness.interleaved_with_flops(sides, args.repeats, log=log)
     for name in sides:
         infer[name]["gflop"] = round(flops[name] / 1e9, 1)
         infer[name]["gflops_achieved"] = round(flops[name] / 1e9 / infer[name]["median_s"], 1)
-        infer[name]["fraction_of_matmul_peak"] = round(flops[name] / 1e9 / infer[name]["median_s"] / peak, 3)
+        infer[name]["fraction_of_matmul_peak"] = harness.matmul_fraction(flops[name], infer[name]["median_s"], peak)
 
     ref_labels, ref_affine, ref_shape = read_labels(_output_file(ref_out))
     agreement: dict[str, Any] = {"random_init_weights": {}}
@@ -394,63 +377,23 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
     harness.load_state(our_tp.get_parsed_content("network"), state)
     tsides = {"reference": ref_tr.run, "ours": our_tr.run}
     log(f"training ({iters} iterations of batch 1, crop {sz['train_roi']}, data loading included):")
-    flops.clear()
-    train = harness.interleaved(tsides, args.repeats, warmup={k: counted(k, v) for k, v in tsides.items()}, log=log)
+    train, flops = harness.interleaved_with_flops(tsides, args.repeats, log=log)
     for name in tsides:
         train[name]["samples_per_s"] = round(iters / train[name]["median_s"], 4)
         train[name]["gflop_per_run"] = round(flops[name] / 1e9, 1)
-        train[name]["fraction_of_matmul_peak"] = round(flops[name] / 1e9 / train[name]["median_s"] / peak, 3)
+        train[name]["fraction_of_matmul_peak"] = harness.matmul_fraction(flops[name], train[name]["median_s"], peak)
 
     # ---- peak memory, one fresh process per side
-    memory: dict[str, Any] = {}
-    if not args.no_memory:
-        script = Path(__file__).resolve()
-        common_argv = ["--work_dir", str(work), "--child_state", str(state_file), "--threads", str(args.threads)]
-        common_argv += ["--smoke"] if args.smoke else []
-        for task, names in (("infer", ["reference", "ours", "ours+crop"]), ("train", ["reference", "ours"])):
-            for name in names:
-                r = harness.run_child(script, ["--child", f"{name}:{task}", *common_argv])
-                memory[f"{task}_{name}"] = r["peak_rss_mb"]
-                log(f"  peak RSS {task} {name}: {r['peak_rss_mb']:.0f} MB")
+    tasks = {"infer": ["reference", "ours", "ours+crop"], "train": ["reference", "ours"]}
+    memory = harness.peak_memory(__file__, args, work, state_file, tasks, log=log)
 
     # ---- report
-    rows = []
-    for name in ("ours", "ours+crop"):
-        rows.append(
-            [
-                f"inference per case, {name}",
-                infer["reference"]["median_s"],
-                infer[name]["median_s"],
-                harness.ratio(infer["reference"]["median_s"], infer[name]["median_s"]),
-                3.0,
-                dice_text(agreement, name),
-                f"{memory.get('infer_reference', float('nan')):.0f} / {memory.get(f'infer_{name}', float('nan')):.0f}",
-                f"{infer['reference']['fraction_of_matmul_peak']:.2f} / {infer[name]['fraction_of_matmul_peak']:.2f}",
-            ]
-        )
-    rows.append(
-        [
-            "training samples/s",
-            train["reference"]["samples_per_s"],
-            train["ours"]["samples_per_s"],
-            harness.ratio(train["ours"]["samples_per_s"], train["reference"]["samples_per_s"]),
-            2.0,
-            "-",
-            f"{memory.get('train_reference', float('nan')):.0f} / {memory.get('train_ours', float('nan')):.0f}",
-            f"{train['reference']['fraction_of_matmul_peak']:.2f} / {train['ours']['fraction_of_matmul_peak']:.2f}",
-        ]
-    )
-    header = [
-        "measure",
-        "reference",
-        "ours",
-        "speed-up",
-        "target",
-        "Dice vs reference TC/WT/ET (random-init / demo-trained weights)",
-        "peak RSS MB (ref / ours)",
-        "matmul-peak fraction (ref / ours)",
+    rows = [
+        report.inference_row(f"inference per case, {name}", infer, name, 3.0, dice_text(agreement, name), memory)
+        for name in ("ours", "ours+crop")
     ]
-    table = harness.markdown_table(header, rows)
+    rows.append(report.training_row("training samples/s", train, "ours", memory))
+    table = report.table(rows, agreement="Dice vs reference TC/WT/ET (random-init / demo-trained weights)")
     harness.finish(
         "brats",
         args,

@@ -22,6 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
+import report  # noqa: E402
 from agreement import mean_auroc  # noqa: E402
 
 BUNDLE = "cxr14_classification"
@@ -155,17 +156,9 @@ def reference_evaluator(network: Any, folder: Path, out_file: Path, weights: Pat
     )
 
 
-def our_parser(config: str, overrides: dict[str, Any]) -> Any:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE_DIR / "configs" / config))
-    parser.update({"bundle_root": str(BUNDLE_DIR), **overrides})
-    return parser
-
-
 def our_evaluator(folder: Path, out_dir: Path, weights: Path, extra: dict[str, Any] | None = None) -> tuple[Any, Any]:
-    parser = our_parser(
+    parser = harness.bundle_parser(
+        BUNDLE_DIR,
         "inference.json",
         {"dataset_dir": str(folder), "output_dir": str(out_dir), "ckpt_path": str(weights), **(extra or {})},
     )
@@ -238,7 +231,7 @@ def our_trainer(
     }
     if batch != 16:
         overrides["batch_size"] = batch
-    parser = our_parser("train.json", overrides)
+    parser = harness.bundle_parser(BUNDLE_DIR, "train.json", overrides)
     return parser.get_parsed_content("train#trainer"), parser
 
 
@@ -299,27 +292,17 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
     ref_csv, our_dir = work / "ref_out" / "predictions.csv", work / "our_out"
     ref_ev = reference_evaluator(network_def(), folder, ref_csv, weights, sz["batch"])
     our_ev, our_p = our_evaluator(folder, our_dir, weights)
-    flops: dict[str, int] = {}
-
-    def counted(name: str, fn: Any) -> Any:
-        def run() -> None:
-            with harness.count_flops() as c:
-                fn()
-            flops[name] = c.total
-
-        return run
-
     harness.load_state(our_p.get_parsed_content("network"), state)
     ort_ev, _ = our_evaluator(folder, work / "ort_out", weights)
     ort_ev.network = onnxruntime_network(our_p.get_parsed_content("network"), args.threads)
     sides = {"reference": ref_ev.run, "ours": our_ev.run, "ours+onnxruntime": ort_ev.run}
     log(f"inference (end to end over {n_infer} images):")
-    infer = harness.interleaved(sides, args.repeats, warmup={k: counted(k, v) for k, v in sides.items()}, log=log)
+    infer, flops = harness.interleaved_with_flops(sides, args.repeats, log=log)
     flops["ours+onnxruntime"] = flops["ours"]  # same network; ONNX Runtime's ops are invisible to torch's counter
     for name in sides:
         infer[name]["per_image_s"] = round(infer[name]["median_s"] / n_infer, 4)
         infer[name]["gflop"] = round(flops[name] / 1e9, 1)
-        infer[name]["fraction_of_matmul_peak"] = round(flops[name] / 1e9 / infer[name]["median_s"] / peak, 3)
+        infer[name]["fraction_of_matmul_peak"] = harness.matmul_fraction(flops[name], infer[name]["median_s"], peak)
 
     labels = {Path(i["image"]).name: i["label"] for i in items}
     ref_probs = read_probs(ref_csv)
@@ -358,66 +341,33 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
     harness.load_state(cache_tp.get_parsed_content("network"), state)
     tsides = {"reference": ref_tr.run, "ours": our_tr.run, "ours+cache": cache_tr.run}
     log(f"training ({iters} iterations of batch {sz['batch']}, data loading included):")
-    flops.clear()
-    train = harness.interleaved(tsides, args.repeats, warmup={k: counted(k, v) for k, v in tsides.items()}, log=log)
+    train, flops = harness.interleaved_with_flops(tsides, args.repeats, log=log)
     for name in tsides:
         train[name]["samples_per_s"] = round(iters * sz["batch"] / train[name]["median_s"], 3)
-        train[name]["fraction_of_matmul_peak"] = round(flops[name] / 1e9 / train[name]["median_s"] / peak, 3)
+        train[name]["fraction_of_matmul_peak"] = harness.matmul_fraction(flops[name], train[name]["median_s"], peak)
 
-    memory: dict[str, Any] = {}
-    if not args.no_memory:
-        script = Path(__file__).resolve()
-        argv = ["--work_dir", str(work), "--child_state", str(weights), "--threads", str(args.threads)]
-        argv += ["--smoke"] if args.smoke else []
-        for task in ("infer", "train"):
-            for name in ("reference", "ours"):
-                r = harness.run_child(script, ["--child", f"{name}:{task}", *argv])
-                memory[f"{task}_{name}"] = r["peak_rss_mb"]
-                log(f"  peak RSS {task} {name}: {r['peak_rss_mb']:.0f} MB")
+    # the levers (ONNX Runtime, cache) get no fresh-process memory run: "-" in the table
+    tasks = {"infer": ["reference", "ours"], "train": ["reference", "ours"]}
+    memory = harness.peak_memory(__file__, args, work, weights, tasks, log=log)
 
-    nan = float("nan")
     rows = [
-        [
+        report.inference_row(
             f"inference s/image, {name}",
-            infer["reference"]["per_image_s"],
-            infer[name]["per_image_s"],
-            harness.ratio(infer["reference"]["median_s"], infer[name]["median_s"]),
+            infer,
+            name,
             2.5,
             f"AUROC {ref_auc:.4f} vs {agreement[name]['mean_auroc']:.4f} "
             f"(diff {agreement[name]['mean_auroc_abs_diff']:.4f})",
-            f"{memory.get('infer_reference', nan):.0f} / {memory.get('infer_ours', nan):.0f}"
-            if name == "ours"
-            else "-",
-            f"{infer['reference']['fraction_of_matmul_peak']:.2f} / {infer[name]['fraction_of_matmul_peak']:.2f}",
-        ]
+            memory if name == "ours" else None,
+            per="per_image_s",
+        )
         for name in ("ours", "ours+onnxruntime")
     ]
     rows += [
-        [
-            f"training samples/s, {name}",
-            train["reference"]["samples_per_s"],
-            train[name]["samples_per_s"],
-            harness.ratio(train[name]["samples_per_s"], train["reference"]["samples_per_s"]),
-            2.0,
-            "-",
-            f"{memory.get('train_reference', nan):.0f} / {memory.get('train_ours', nan):.0f}"
-            if name == "ours"
-            else "-",
-            f"{train['reference']['fraction_of_matmul_peak']:.2f} / {train[name]['fraction_of_matmul_peak']:.2f}",
-        ]
+        report.training_row(f"training samples/s, {name}", train, name, memory if name == "ours" else None)
         for name in ("ours", "ours+cache")
     ]
-    header = [
-        "measure",
-        "reference",
-        "ours",
-        "speed-up",
-        "target",
-        "agreement",
-        "peak RSS MB (ref / ours)",
-        "matmul-peak fraction (ref / ours)",
-    ]
-    table = harness.markdown_table(header, rows)
+    table = report.table(rows)
     harness.finish(
         "cxr",
         args,

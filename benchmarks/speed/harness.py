@@ -84,6 +84,17 @@ def seeded_state(make_network: Callable[[], Any], seed: int = 0) -> dict:
     return copy.deepcopy(make_network().state_dict())
 
 
+def bundle_parser(bundle_dir: Path, config: str, overrides: dict[str, Any]) -> Any:
+    """A ``ConfigParser`` of the bundle's ``configs/<config>`` as shipped, with ``bundle_root`` and ``overrides``
+    set: how the scripts build OUR side."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir / "configs" / config))
+    parser.update({"bundle_root": str(bundle_dir), **overrides})
+    return parser
+
+
 def load_state(network: Any, state: dict) -> Any:
     network.load_state_dict(state)
     return network
@@ -193,6 +204,30 @@ def interleaved(
     return results
 
 
+def interleaved_with_flops(
+    sides: dict[str, Callable[[], Any]], repeats: int, log: Callable[[str], None] = print
+) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """``interleaved`` with each side's warm-up run under ``count_flops`` (the warm-up does the work of one timed
+    run, so counting there costs no timed run): the timings and each side's FLOPs per run."""
+    flops: dict[str, int] = {}
+
+    def counted(name: str, fn: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            with count_flops() as c:
+                fn()
+            flops[name] = c.total
+
+        return run
+
+    timings = interleaved(sides, repeats, warmup={k: counted(k, v) for k, v in sides.items()}, log=log)
+    return timings, flops
+
+
+def matmul_fraction(flops: int, seconds: float, peak_gflops: float) -> float:
+    """Achieved GFLOP/s of a run over the matmul peak: the share of this CPU's practical compute it used."""
+    return round(flops / 1e9 / seconds / peak_gflops, 3)
+
+
 # ----------------------------------------------------------------------------------------------- memory
 
 
@@ -226,6 +261,29 @@ def run_child(script: str | Path, argv: Sequence[str], timeout: float = 1800) ->
         if line.startswith(CHILD_MARK):
             return json.loads(line[len(CHILD_MARK) :])
     raise RuntimeError(f"child {argv} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+
+
+def peak_memory(
+    script: str | Path,
+    args: argparse.Namespace,
+    work: Path,
+    state_file: Path,
+    tasks: dict[str, Sequence[str]],
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Peak RSS (MB) of each task's sides, each run once more in a fresh ``script --child <side>:<task>`` (which
+    reads ``work`` and ``state_file``), keyed ``<task>_<side>``; empty with ``--no_memory``."""
+    memory: dict[str, float] = {}
+    if args.no_memory:
+        return memory
+    argv = ["--work_dir", str(work), "--child_state", str(state_file), "--threads", str(args.threads)]
+    argv += ["--smoke"] if args.smoke else []
+    for task, names in tasks.items():
+        for name in names:
+            r = run_child(Path(script).resolve(), ["--child", f"{name}:{task}", *argv])
+            memory[f"{task}_{name}"] = r["peak_rss_mb"]
+            log(f"  peak RSS {task} {name}: {r['peak_rss_mb']:.0f} MB")
+    return memory
 
 
 # ----------------------------------------------------------------------------------------------- report

@@ -28,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
+import report  # noqa: E402
 from agreement import match_detections  # noqa: E402
 
 BUNDLE = "luna16_detection"
@@ -182,19 +183,11 @@ class ReferenceInference:
         (self.out_dir / f"{self.item['seriesuid']}.json").write_text(json.dumps(record))
 
 
-def our_parser(config: str, overrides: dict[str, Any]) -> Any:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE_DIR / "configs" / config))
-    parser.update({"bundle_root": str(BUNDLE_DIR), **overrides})
-    return parser
-
-
 def our_evaluator(
     item: dict[str, Any], weights: Path, out_dir: Path, roi: list[int], extra: dict[str, Any] | None = None
 ) -> tuple[Any, Any]:
-    parser = our_parser(
+    parser = harness.bundle_parser(
+        BUNDLE_DIR,
         "inference.json",
         {
             "dataset_dir": item["image"],
@@ -300,7 +293,8 @@ class ReferenceTraining:
 def our_trainer(items: list[dict[str, Any]], work: Path, patch: list[int], batch: int) -> tuple[Any, Any]:
     """The bundle's train.json trainer; datalist (one epoch = the timed iterations), patch/batch (reduced like the
     reference's) and run-long handlers (validation, checkpoints, TensorBoard) are overridden."""
-    parser = our_parser(
+    parser = harness.bundle_parser(
+        BUNDLE_DIR,
         "train.json",
         {
             "dataset_dir": str(work / "data"),
@@ -390,22 +384,12 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
     ref_out, our_out = work / "ref_out", work / "our_out"
     ref_run = ReferenceInference(item, ckpt, ref_out, sz["roi"])
     our_ev, our_p = our_evaluator(item, ckpt, our_out, sz["roi"])
-    flops: dict[str, int] = {}
-
-    def counted(name: str, fn: Any) -> Any:
-        def run() -> None:
-            with harness.count_flops() as c:
-                fn()
-            flops[name] = c.total
-
-        return run
-
     sides = {"reference": ref_run, "ours": our_ev.run}
     log("inference (end to end, one scan):")
-    infer = harness.interleaved(sides, args.repeats, warmup={k: counted(k, v) for k, v in sides.items()}, log=log)
+    infer, flops = harness.interleaved_with_flops(sides, args.repeats, log=log)
     for name in sides:
         infer[name]["gflop"] = round(flops[name] / 1e9, 1)
-        infer[name]["fraction_of_matmul_peak"] = round(flops[name] / 1e9 / infer[name]["median_s"] / peak, 3)
+        infer[name]["fraction_of_matmul_peak"] = harness.matmul_fraction(flops[name], infer[name]["median_s"], peak)
     uid = item["seriesuid"]
     ref_dets = json.loads((ref_out / f"{uid}.json").read_text())
     agreement = {
@@ -421,61 +405,28 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
     our_tp.get_parsed_content("network").load_state_dict(state)
     tsides = {"reference": ref_tr, "ours": our_tr.run}
     log(f"training ({iters} scans x {sz['train_batch']} patches of {sz['train_patch']}, data loading included):")
-    flops.clear()
-    train = harness.interleaved(tsides, args.repeats, warmup={k: counted(k, v) for k, v in tsides.items()}, log=log)
+    train, flops = harness.interleaved_with_flops(tsides, args.repeats, log=log)
     for name in tsides:
         train[name]["samples_per_s"] = round(iters * sz["train_batch"] / train[name]["median_s"], 4)
-        train[name]["fraction_of_matmul_peak"] = round(flops[name] / 1e9 / train[name]["median_s"] / peak, 3)
+        train[name]["fraction_of_matmul_peak"] = harness.matmul_fraction(flops[name], train[name]["median_s"], peak)
 
-    memory: dict[str, Any] = {}
-    if not args.no_memory:
-        script = Path(__file__).resolve()
-        argv = ["--work_dir", str(work), "--child_state", str(ckpt), "--threads", str(args.threads)]
-        argv += ["--smoke"] if args.smoke else []
-        for task, names in (("infer", ("reference", "ours")), ("train", ("reference", "ours"))):
-            for name in names:
-                r = harness.run_child(script, ["--child", f"{name}:{task}", *argv])
-                memory[f"{task}_{name}"] = r["peak_rss_mb"]
-                log(f"  peak RSS {task} {name}: {r['peak_rss_mb']:.0f} MB")
+    tasks = {"infer": ["reference", "ours"], "train": ["reference", "ours"]}
+    memory = harness.peak_memory(__file__, args, work, ckpt, tasks, log=log)
 
-    nan = float("nan")
     rows = [
-        [
+        report.inference_row(
             f"inference per scan, {name}",
-            infer["reference"]["median_s"],
-            infer[name]["median_s"],
-            harness.ratio(infer["reference"]["median_s"], infer[name]["median_s"]),
+            infer,
+            name,
             3.0,
             f"{agreement[name]['matched']}/{agreement[name]['n_reference']} reference boxes matched "
             f"({agreement[name]['n_ours']} ours)",
-            f"{memory.get('infer_reference', nan):.0f} / {memory.get(f'infer_{name}', nan):.0f}",
-            f"{infer['reference']['fraction_of_matmul_peak']:.2f} / {infer[name]['fraction_of_matmul_peak']:.2f}",
-        ]
+            memory,
+        )
         for name in ("ours",)
     ]
-    rows += [
-        [
-            "training samples/s (patches)",
-            train["reference"]["samples_per_s"],
-            train["ours"]["samples_per_s"],
-            harness.ratio(train["ours"]["samples_per_s"], train["reference"]["samples_per_s"]),
-            2.0,
-            "-",
-            f"{memory.get('train_reference', nan):.0f} / {memory.get('train_ours', nan):.0f}",
-            f"{train['reference']['fraction_of_matmul_peak']:.2f} / {train['ours']['fraction_of_matmul_peak']:.2f}",
-        ],
-    ]
-    header = [
-        "measure",
-        "reference",
-        "ours",
-        "speed-up",
-        "target",
-        "agreement",
-        "peak RSS MB (ref / ours)",
-        "matmul-peak fraction (ref / ours)",
-    ]
-    table = harness.markdown_table(header, rows)
+    rows.append(report.training_row("training samples/s (patches)", train, "ours", memory))
+    table = report.table(rows)
     harness.finish(
         "luna16",
         args,

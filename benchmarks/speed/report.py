@@ -4,13 +4,21 @@ time), so the docs show exactly what the JSON holds, with command, machine and d
 
     .venv/bin/python benchmarks/speed/report.py            # print the sections
     .venv/bin/python benchmarks/speed/report.py --write    # update the READMEs
+
+The table itself (its columns and the inference/training rows) is also built here, by the speed scripts, so that
+all three bundles' tables share one layout; they store it in their JSON as ``table_markdown``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -23,6 +31,74 @@ REFERENCE = {
     "rebuilt from MONAI components",
     "cxr": "CheXNet settings (DenseNet-121, 224 px, fp32, batch 16, plain `Dataset`), rebuilt from MONAI components",
 }
+
+
+# ------------------------------------------------------------------------------------------------ the table
+
+
+def table(rows: list[list[Any]], agreement: str = "agreement") -> str:
+    """Markdown table of the rows under the columns every speed table has; only the agreement column's title
+    differs between bundles."""
+    header = ["measure", "reference", "ours", "speed-up", "target", agreement]
+    header += ["peak RSS MB (ref / ours)", "matmul-peak fraction (ref / ours)"]
+    return harness.markdown_table(header, rows)
+
+
+def inference_row(
+    label: str,
+    infer: dict[str, dict[str, Any]],
+    name: str,
+    target: float,
+    agreement: str,
+    memory: dict[str, float] | None,
+    per: str = "median_s",
+) -> list[Any]:
+    """Reference and side ``name``: ``per`` (``median_s``, or e.g. ``per_image_s``), the speed-up of the medians,
+    the target speed-up, the agreement text, the peak memory (``memory=None``: not measured for this side, "-")
+    and the matmul-peak fractions."""
+    ref, ours = infer["reference"], infer[name]
+    return [
+        label,
+        ref[per],
+        ours[per],
+        harness.ratio(ref["median_s"], ours["median_s"]),
+        target,
+        agreement,
+        _memory(memory, "infer", name),
+        _fraction(infer, name),
+    ]
+
+
+def training_row(label: str, train: dict[str, dict[str, Any]], name: str, memory: dict[str, float] | None) -> list[Any]:
+    """Reference and side ``name``: samples/s, their ratio, the 2x target, no agreement, peak memory
+    (``memory=None``: not measured for this side, "-") and the matmul-peak fractions."""
+    ref, ours = train["reference"]["samples_per_s"], train[name]["samples_per_s"]
+    return [
+        label,
+        ref,
+        ours,
+        harness.ratio(ours, ref),
+        2.0,
+        "-",
+        _memory(memory, "train", name),
+        _fraction(train, name),
+    ]
+
+
+def _memory(memory: dict[str, float] | None, task: str, name: str) -> str:
+    """Peak RSS in MB as "ref / ours" ("nan" where --no_memory skipped the runs)."""
+    if memory is None:
+        return "-"
+    nan = float("nan")
+    return f"{memory.get(f'{task}_reference', nan):.0f} / {memory.get(f'{task}_{name}', nan):.0f}"
+
+
+def _fraction(timings: dict[str, dict[str, Any]], name: str) -> str:
+    """Matmul-peak fractions as "ref / ours"."""
+    return f"{timings['reference']['fraction_of_matmul_peak']:.2f} / {timings[name]['fraction_of_matmul_peak']:.2f}"
+
+
+# ------------------------------------------------------------------------------------------------ the READMEs
 
 
 def machine_line(m: dict) -> str:
