@@ -3,7 +3,7 @@
     cd bundles/luna16_detection && python -m scripts.demo --work_dir /tmp/luna16_demo
 
 Every step is the documented ``python -m monai.bundle run ...`` command (with ``configs/demo.json`` layered on
-top: small ResNet/FPN, 64x64x32 patches, 1 x 1 x 1.5 mm resampling, 4 epochs) run as a subprocess. The test
+top: small ResNet/FPN, 64x64x32 patches, 1 x 1 x 1.5 mm resampling, 27 epochs) run as a subprocess. The test
 split is official fold 0 (subset0); the FROC is computed twice, by the evaluate run and by ``scripts.froc`` from
 the inference submission CSV, and both are printed. Writes ``<work_dir>/results.json``.
 """
