@@ -153,9 +153,13 @@ def update_readme(bundle: str, text: str) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--write", action="store_true", help="update the bundles' docs/README.md")
-    p.add_argument("--notes", default=None, help="JSON file {short name: markdown notes under the table}")
+    p.add_argument(
+        "--notes",
+        default=str(RESULTS / "speed_notes.json"),
+        help="JSON file {short name: markdown notes under the table}; the committed one holds the decisions",
+    )
     a = p.parse_args()
-    notes = json.loads(Path(a.notes).read_text()) if a.notes else {}
+    notes = json.loads(Path(a.notes).read_text()) if a.notes and Path(a.notes).is_file() else {}
     for short, bundle in BUNDLES.items():
         if not (RESULTS / f"speed_{short}.json").is_file():
             print(f"(no results for {short} yet)")
