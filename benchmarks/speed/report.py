@@ -159,7 +159,7 @@ def main() -> None:
         help="JSON file {short name: markdown notes under the table}; the committed one holds the decisions",
     )
     a = p.parse_args()
-    notes = json.loads(Path(a.notes).read_text()) if a.notes and Path(a.notes).is_file() else {}
+    notes = json.loads(Path(a.notes).read_text())
     for short, bundle in BUNDLES.items():
         if not (RESULTS / f"speed_{short}.json").is_file():
             print(f"(no results for {short} yet)")
