@@ -69,7 +69,7 @@ def main() -> None:
         env,
     )  # fmt: skip
     eval_s = run(
-        [py, "-m", "monai.bundle", "run", "--config_file", eval_cfg, *common],
+        [py, "-m", "monai.bundle", "run", "evaluating", "--config_file", eval_cfg, *common],
         env,
     )  # fmt: skip
     infer_s = run(

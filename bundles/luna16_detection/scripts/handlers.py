@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 
@@ -66,7 +67,20 @@ class LunaFROCMetric(Metric):
             self._nodules[uid] = [list(map(float, n)) for n in o["nodules"]]
             self._excluded[uid] = [list(map(float, n)) for n in o["excluded"]]
 
+    def _gather(self) -> None:
+        """Merge the scans of every rank: under torchrun the validation sampler gives each rank its own scans."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (self._detections, self._boxes, self._nodules, self._excluded))
+        for detections, boxes, nodules, excluded in parts:
+            self._detections.update(detections)
+            self._boxes.update(boxes)
+            self._nodules.update(nodules)
+            self._excluded.update(excluded)
+
     def compute(self) -> float:
+        self._gather()
         uids = sorted(self._detections)
         self.result = evaluate_froc(self._detections, self._nodules, self._excluded, uids, self.n_bootstrap)
         self.result["coco"] = coco_metrics(
@@ -74,12 +88,14 @@ class LunaFROCMetric(Metric):
             [np.array([d[3] for d in self._detections[u]]) for u in uids],
             [self._nodules[u] for u in uids],
         )
-        if self.output_dir:
+        if self.output_dir and not (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0):
             out = Path(self.output_dir)
             write_json(self.result, out / "froc.json")
             plot_froc(self.result, out / "froc.png")
             write_submission(self._detections, out / "predictions.csv")
-        return float(self.result["cpm"])
+        r = self.result
+        logger.info("FROC over %d scans, %d nodules: CPM %.4f", r["n_scans"], r["n_nodules"], r["cpm"])
+        return float(r["cpm"])
 
     def completed(self, engine: Engine, name: str) -> None:
         super().completed(engine, name)

@@ -62,7 +62,7 @@ def test_train_evaluate_infer(data: Path, trained: Path) -> None:
     assert "model" in ckpt and any(k.startswith("feature_extractor.") for k in ckpt["model"])
 
     _bundle_run(
-        ["--config_file", "['configs/train.json','configs/evaluate.json','configs/demo.json']",
+        ["evaluating", "--config_file", "['configs/train.json','configs/evaluate.json','configs/demo.json']",
          "--dataset_dir", str(data), "--bundle_root", str(trained), "--validate#key_metric#test_cpm#n_bootstrap", "20"]
     )  # fmt: skip
     froc = json.loads((trained / "eval" / "froc.json").read_text())
@@ -115,14 +115,20 @@ def test_required_config_properties(data: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_multi_gpu_train_on_gloo(data: Path, tmp_path: Path) -> None:
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-        "-m", "monai.bundle", "run", "training", "--config_file",
-        "['configs/train.json','configs/multi_gpu_train.json','configs/demo.json']",
-        "--dataset_dir", str(data), "--bundle_root", str(tmp_path), "--use_amp", "False", *TINY,
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=BUNDLE, env=_env(), capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    assert (tmp_path / "models" / "model_final.pt").is_file()
-    assert "val_cpm" in proc.stdout + proc.stderr  # validation ran (on rank 0)
+@pytest.mark.parametrize("nnodes", [1, 2])
+def test_multi_gpu_train_on_gloo(data: Path, tmp_path: Path, torchrun, nnodes: int) -> None:
+    """2 processes on gloo, on one node or as two single-process nodes (RANK 1 with LOCAL_RANK 0): each rank
+    trains on its half of the training scans; validation is sharded too and its CPM gathered over both ranks."""
+    out = tmp_path / "bundle"
+    args = ["training", "--config_file", "['configs/train.json','configs/multi_gpu_train.json','configs/demo.json']"]
+    args += ["--dataset_dir", str(data), "--bundle_root", str(out), "--use_amp", "False", *TINY]
+    launch = torchrun(BUNDLE, args, nnodes=nnodes, nproc_per_node=2 // nnodes)
+    ranks = launch.check_ranks(nnodes, 2 // nnodes)
+    dl = fold_datalist(data, 0)
+    assert [ranks[r]["iterations"] for r in (0, 1)] == [str(-(-len(dl["training"]) // 2))] * 2, ranks
+    assert (out / "models" / "model_final.pt").is_file() and (out / "models" / "model.pt").is_file()
+    # validation is sharded over the ranks and the FROC metric gathers every scan before scoring, on each rank
+    n_val, n_nodules = len(dl["validation"]), sum(len(i["nodules"]) for i in dl["validation"])
+    for r in (0, 1):
+        log = "".join(launch.rank_logs[ranks[r]["log"]])
+        assert f"FROC over {n_val} scans, {n_nodules} nodules" in log, launch.report()
