@@ -2,7 +2,8 @@
 
 Each handler stores the mean over regions as ``engine.state.metrics[name]`` (usable as a key metric for
 checkpointing) and every region separately as ``engine.state.metrics[f"{name}_{region}"]``, so TensorBoard,
-``StatsHandler`` and ``MetricsSaver`` show e.g. ``val_dice_TC``, ``val_dice_WT``, ``val_dice_ET``.
+``StatsHandler`` and ``MetricsSaver`` show e.g. ``val_dice_TC``, ``val_dice_WT``, ``val_dice_ET``. The metric
+classes are MONAI's (``common.metrics`` adds the empty-mask rule and per-case spacing).
 
 Example (evaluate.json)::
 
@@ -21,23 +22,18 @@ from collections.abc import Callable, Sequence
 import torch
 from ignite.engine import Engine
 from monai.handlers import IgniteMetricHandler
+from monai.metrics import CumulativeIterationMetric
 
-from common.metrics import (
-    EmptyRule,
-    RegionDiceMetric,
-    RegionHausdorffMetric,
-    RegionIoUMetric,
-    RegionLesionWiseMetric,
-    _RegionMetric,
-)
+from common.metrics import EmptyRule, RegionHausdorffMetric, region_dice, region_iou
 
 
 class RegionMetricHandler(IgniteMetricHandler):
-    """Mean over regions as the metric value, plus one named entry per region."""
+    """Any MONAI cumulative metric with ``reduction="mean_batch"``: the mean over regions as the metric value,
+    plus one named entry per region (channel)."""
 
     def __init__(
         self,
-        metric_fn: _RegionMetric,
+        metric_fn: CumulativeIterationMetric,
         region_names: Sequence[str],
         output_transform: Callable = lambda x: x,
         save_details: bool = True,
@@ -47,7 +43,7 @@ class RegionMetricHandler(IgniteMetricHandler):
         self.per_region: dict[str, float] = {}
 
     def compute(self) -> float:
-        per_region = self.metric_fn.aggregate()
+        per_region = torch.as_tensor(self.metric_fn.aggregate()).flatten()
         if per_region.numel() != len(self.region_names):
             raise ValueError(
                 f"metric has {per_region.numel()} channels but region_names lists {len(self.region_names)}: "
@@ -59,7 +55,7 @@ class RegionMetricHandler(IgniteMetricHandler):
             if self._engine is None or self._name is None:
                 raise RuntimeError("attach() the handler to an engine first")
             self._engine.state.metric_details[self._name] = self.metric_fn.get_buffer()
-        return float(torch.nanmean(per_region))
+        return float(torch.nanmean(per_region.double()))
 
     def completed(self, engine: Engine, name: str) -> None:
         super().completed(engine, name)
@@ -77,7 +73,7 @@ class RegionDice(RegionMetricHandler):
         output_transform: Callable = lambda x: x,
         save_details: bool = True,
     ) -> None:
-        super().__init__(RegionDiceMetric(empty_rule=empty_rule), region_names, output_transform, save_details)
+        super().__init__(region_dice(empty_rule), region_names, output_transform, save_details)
 
 
 class RegionIoU(RegionMetricHandler):
@@ -90,11 +86,11 @@ class RegionIoU(RegionMetricHandler):
         output_transform: Callable = lambda x: x,
         save_details: bool = True,
     ) -> None:
-        super().__init__(RegionIoUMetric(empty_rule=empty_rule), region_names, output_transform, save_details)
+        super().__init__(region_iou(empty_rule), region_names, output_transform, save_details)
 
 
 class RegionHausdorff(RegionMetricHandler):
-    """Hausdorff distance in mm per region (spacing from the prediction's affine); HD95 by default."""
+    """Hausdorff distance in mm per region (spacing from each case's affine); HD95 by default."""
 
     def __init__(
         self,
@@ -106,34 +102,4 @@ class RegionHausdorff(RegionMetricHandler):
         spacing: Sequence[float] | None = None,
     ) -> None:
         metric = RegionHausdorffMetric(percentile=percentile, empty_rule=empty_rule, spacing=spacing)
-        super().__init__(metric, region_names, output_transform, save_details)
-
-
-class LesionWiseDice(RegionMetricHandler):
-    """BraTS 2023 lesion-wise Dice per region (``common.metrics.lesion_wise_scores``)."""
-
-    def __init__(
-        self,
-        region_names: Sequence[str],
-        dilation_iterations: int = 3,
-        min_lesion_volume: float = 50.0,
-        output_transform: Callable = lambda x: x,
-        save_details: bool = True,
-    ) -> None:
-        metric = RegionLesionWiseMetric("dice", dilation_iterations, min_lesion_volume)
-        super().__init__(metric, region_names, output_transform, save_details)
-
-
-class LesionWiseHausdorff(RegionMetricHandler):
-    """BraTS 2023 lesion-wise HD95 (mm) per region (``common.metrics.lesion_wise_scores``)."""
-
-    def __init__(
-        self,
-        region_names: Sequence[str],
-        dilation_iterations: int = 3,
-        min_lesion_volume: float = 50.0,
-        output_transform: Callable = lambda x: x,
-        save_details: bool = True,
-    ) -> None:
-        metric = RegionLesionWiseMetric("hd95", dilation_iterations, min_lesion_volume)
         super().__init__(metric, region_names, output_transform, save_details)

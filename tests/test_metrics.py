@@ -1,4 +1,5 @@
-"""Region metrics against brute-force numpy/scipy computations and the official empty-case rules."""
+"""Region metrics and their handlers against brute-force numpy/scipy computations and the official empty-case rules
+(the handlers run inside a MONAI SupervisedEvaluator built from a JSON-style config)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from scipy.spatial.distance import cdist
 
 from common.metrics import (
     BRATS_EMPTY_HD,
-    RegionDiceMetric,
     RegionHausdorffMetric,
-    RegionIoUMetric,
-    dice,
-    hausdorff,
-    iou,
-    spacing_of,
+    region_dice,
+    region_iou,
+    spacings_of,
 )
 
 
@@ -51,6 +50,43 @@ def random_blob(rng: np.random.Generator, shape: tuple[int, ...], fill: float) -
     return smooth > np.quantile(smooth, 1 - fill)
 
 
+def brute_dice(a: np.ndarray, b: np.ndarray, rule: str) -> float:
+    """Set arithmetic with the empty-mask rules written out (REFERENCE.md section 2)."""
+    if not a.any() and not b.any():
+        return 1.0 if rule == "brats" else math.nan
+    if not b.any():
+        return 0.0 if rule == "brats" else math.nan
+    return 2 * np.sum(a & b) / (a.sum() + b.sum())
+
+
+def brute_iou(a: np.ndarray, b: np.ndarray, rule: str) -> float:
+    if not a.any() and not b.any():
+        return 1.0 if rule == "brats" else math.nan
+    if not b.any():
+        return 0.0 if rule == "brats" else math.nan
+    return np.sum(a & b) / np.sum(a | b)
+
+
+def brute_hd(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...], percentile: float | None, rule: str) -> float:
+    if a.any() and b.any():
+        return brute_hausdorff(a, b, spacing, percentile)
+    if rule == "nan":
+        return math.nan
+    return 0.0 if not (a.any() or b.any()) else BRATS_EMPTY_HD
+
+
+def _one(mask: np.ndarray, spacing: tuple[float, ...]) -> MetaTensor:
+    """A (1, 1, spatial...) case whose affine has the given spacing."""
+    affine = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
+    return MetaTensor(torch.as_tensor(mask[None, None], dtype=torch.float32), affine=affine)
+
+
+def _score(metric, a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...] = (1.0, 1.0, 1.0)) -> float:
+    metric.reset()
+    metric(_one(a, spacing), _one(b, spacing))
+    return float(metric.get_buffer()[0, 0])
+
+
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 0.7, 2.5), (1.2, 0.5, 3.0)])
 def test_distances_match_brute_force(seed: int, spacing: tuple[float, ...]) -> None:
@@ -59,12 +95,10 @@ def test_distances_match_brute_force(seed: int, spacing: tuple[float, ...]) -> N
     a = random_blob(rng, shape, rng.uniform(0.05, 0.4))
     b = random_blob(rng, shape, rng.uniform(0.05, 0.4))
     for percentile in (95.0, None, 50.0):
-        ours = hausdorff(a, b, spacing, percentile)
-        assert ours == pytest.approx(brute_hausdorff(a, b, spacing, percentile), rel=1e-9, abs=1e-9)
-    # overlap metrics against set arithmetic
-    inter, union = np.sum(a & b), np.sum(a | b)
-    assert dice(a, b) == pytest.approx(2 * inter / (a.sum() + b.sum()))
-    assert iou(a, b) == pytest.approx(inter / union)
+        ours = _score(RegionHausdorffMetric(percentile), a, b, spacing)
+        assert ours == pytest.approx(brute_hausdorff(a, b, spacing, percentile), rel=1e-5, abs=1e-5)
+    assert _score(region_dice(), a, b) == pytest.approx(brute_dice(a, b, "brats"), rel=1e-6)
+    assert _score(region_iou(), a, b) == pytest.approx(brute_iou(a, b, "brats"), rel=1e-6)
 
 
 def test_hausdorff_2d_and_single_voxel() -> None:
@@ -72,8 +106,10 @@ def test_hausdorff_2d_and_single_voxel() -> None:
     b = np.zeros((10, 10), bool)
     a[2, 2] = True
     b[5, 6] = True
-    assert hausdorff(a, b, (2.0, 1.0), None) == pytest.approx(math.hypot(3 * 2.0, 4 * 1.0))
-    assert hausdorff(a, a, (2.0, 1.0)) == 0.0
+    assert _score(RegionHausdorffMetric(None), a, b, (2.0, 1.0)) == pytest.approx(math.hypot(3 * 2.0, 4 * 1.0))
+    assert _score(RegionHausdorffMetric(95), a, a, (2.0, 1.0)) == 0.0
+    fixed = RegionHausdorffMetric(None, spacing=(1.0, 3.0))  # a given spacing wins over the affine
+    assert _score(fixed, a, b, (2.0, 1.0)) == pytest.approx(math.hypot(3 * 1.0, 4 * 3.0))
 
 
 @pytest.mark.parametrize(
@@ -90,7 +126,8 @@ def test_empty_case_rules(pred_empty: bool, ref_empty: bool, brats: tuple, nan_r
     pred = np.zeros_like(full) if pred_empty else full
     ref = np.zeros_like(full) if ref_empty else full
     for rule, expected in (("brats", brats), ("nan", nan_rule)):
-        got = (dice(pred, ref, rule), iou(pred, ref, rule), hausdorff(pred, ref, (1, 1, 2), 95, rule))
+        metrics = (region_dice(rule), region_iou(rule), RegionHausdorffMetric(95, rule))
+        got = tuple(_score(m, pred, ref, (1.0, 1.0, 2.0)) for m in metrics)
         for g, e in zip(got, expected):
             assert (math.isnan(g) and math.isnan(e)) or g == pytest.approx(e), (rule, got, expected)
 
@@ -100,16 +137,13 @@ def test_brats_constant_is_the_volume_diagonal() -> None:
 
 
 def test_unknown_rule_is_refused() -> None:
-    with pytest.raises(ValueError, match="empty_rule"):
-        dice(np.ones(3), np.ones(3), "ignore")  # type: ignore[arg-type]
-
-
-def _batch(masks: list[np.ndarray], spacing: tuple[float, ...]) -> list[MetaTensor]:
-    affine = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
-    return [MetaTensor(torch.as_tensor(m, dtype=torch.float32), affine=affine) for m in masks]
+    for make in (region_dice, region_iou, lambda rule: RegionHausdorffMetric(95, rule)):
+        with pytest.raises(ValueError, match="empty_rule"):
+            make("ignore")
 
 
 def test_cumulative_metrics_per_region_nan_excluded() -> None:
+    """Several iterations of 2-case batches; region 2 of case 1 is empty in both masks."""
     rng = np.random.default_rng(3)
     spacing = (0.8, 0.8, 2.0)
     cases = []
@@ -117,27 +151,44 @@ def test_cumulative_metrics_per_region_nan_excluded() -> None:
         pred = np.stack([random_blob(rng, (16, 16, 10), 0.2) for _ in range(3)])
         ref = np.stack([random_blob(rng, (16, 16, 10), 0.2) for _ in range(3)])
         cases.append((pred, ref))
-    cases[1][1][2] = False  # region 2 of case 1 has no reference
+    cases[1][1][2] = False
     cases[1][0][2] = False
-    preds = _batch([p for p, _ in cases], spacing)
-    refs = _batch([r for _, r in cases], spacing)
+    affine = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
+
+    def batches(k: int) -> torch.Tensor:
+        return [MetaTensor(torch.as_tensor(np.stack([c[k] for c in cases[i : i + 2]]), dtype=torch.float32),
+                           affine=affine) for i in (0, 2)]  # fmt: skip
 
     for rule in ("brats", "nan"):
-        metric = RegionHausdorffMetric(percentile=95, empty_rule=rule)
-        metric(preds, refs)
-        got = metric.aggregate().numpy()
-        table = np.array([[hausdorff(p[c], r[c], spacing, 95, rule) for c in range(3)] for p, r in cases])
-        assert np.allclose(got, np.nanmean(table, axis=0))
-    dice_metric = RegionDiceMetric(empty_rule="nan")
-    dice_metric(preds, refs)
-    details = dice_metric.get_buffer()
-    assert details.shape == (4, 3) and torch.isnan(details[1, 2])
-    assert dice_metric.aggregate()[2] == pytest.approx(
-        np.mean([dice(p[2], r[2]) for i, (p, r) in enumerate(cases) if i != 1])
-    )
-    iou_metric = RegionIoUMetric(empty_rule="brats")
-    iou_metric(preds, refs)
-    assert iou_metric.get_buffer()[1, 2] == 1.0
+        for metric, oracle in (
+            (RegionHausdorffMetric(95, rule), lambda p, r, rule=rule: brute_hd(p, r, spacing, 95, rule)),
+            (region_dice(rule), lambda p, r, rule=rule: brute_dice(p, r, rule)),
+            (region_iou(rule), lambda p, r, rule=rule: brute_iou(p, r, rule)),
+        ):
+            for pred, ref in zip(batches(0), batches(1)):
+                metric(pred, ref)
+            table = np.array([[oracle(p[c], r[c]) for c in range(3)] for p, r in cases])
+            details = metric.get_buffer().double().numpy()
+            assert details.shape == (4, 3)
+            np.testing.assert_allclose(details, table, rtol=1e-5, atol=1e-5, equal_nan=True)
+            np.testing.assert_allclose(metric.aggregate().double().numpy(), np.nanmean(table, axis=0), rtol=1e-5)
+
+
+def test_each_case_is_measured_with_its_own_spacing() -> None:
+    """A collated batch whose cases have different spacings: each case's distances use its own affine."""
+    a = np.zeros((12, 12, 8), bool)
+    b = np.zeros_like(a)
+    a[2:6, 2:6, 2:4] = True
+    b[5:9, 3:7, 3:6] = True
+    spacings = [(1.0, 1.0, 1.0), (0.7, 0.7, 2.5)]
+    affines = torch.stack([torch.diag(torch.tensor([*s, 1.0], dtype=torch.float64)) for s in spacings])
+    pred = MetaTensor(torch.as_tensor(np.stack([a, a])[:, None], dtype=torch.float32), affine=affines)
+    ref = MetaTensor(torch.as_tensor(np.stack([b, b])[:, None], dtype=torch.float32), affine=affines)
+    metric = RegionHausdorffMetric(95)
+    metric(pred, ref)
+    got = metric.get_buffer()[:, 0].tolist()
+    assert got == pytest.approx([brute_hausdorff(a, b, s, 95) for s in spacings], rel=1e-5)
+    assert got[0] != pytest.approx(got[1])
 
 
 def test_spacing_read_from_affine() -> None:
@@ -145,5 +196,116 @@ def test_spacing_read_from_affine() -> None:
     affine = torch.eye(4, dtype=torch.float64)
     affine[:3, :3] = rotation @ torch.diag(torch.tensor([0.7, 0.9, 2.5], dtype=torch.float64))
     image = MetaTensor(torch.zeros(1, 1, 4, 4, 4), affine=affine)
-    assert spacing_of(image, 3) == pytest.approx((0.7, 0.9, 2.5))
-    assert spacing_of(torch.zeros(1, 1, 4, 4), 2) == (1.0, 1.0)
+    assert spacings_of(image) == [pytest.approx((0.7, 0.9, 2.5))]
+    assert spacings_of(torch.zeros(2, 1, 4, 4)) == [(1.0, 1.0), (1.0, 1.0)]
+    with pytest.raises(ValueError, match="3 affines for a batch of 2"):
+        spacings_of(MetaTensor(torch.zeros(2, 1, 4, 4, 4), affine=torch.eye(4).expand(3, 4, 4)))
+
+
+# ---------------------------------------------------------------- the handlers inside a MONAI evaluator
+
+SPACING = (0.9, 1.1, 2.0)
+REGIONS = ["TC", "WT", "ET"]
+
+
+def make_cases(n: int = 5, seed: int = 0) -> list[dict]:
+    """Channel-first binary masks; the 'image' is the prediction itself (identity network)."""
+    rng = np.random.default_rng(seed)
+    affine = torch.diag(torch.tensor([*SPACING, 1.0], dtype=torch.float64))
+    cases = []
+    for i in range(n):
+        pred = np.zeros((3, 20, 18, 12), bool)
+        ref = np.zeros_like(pred)
+        for c in range(3):
+            x, y, z = rng.integers(3, 12), rng.integers(3, 10), rng.integers(2, 7)
+            pred[c, x : x + rng.integers(2, 7), y : y + rng.integers(2, 7), z : z + rng.integers(1, 4)] = True
+            ref[c, x + 1 : x + rng.integers(3, 8), y : y + rng.integers(2, 8), z : z + rng.integers(1, 5)] = True
+        if i == 1:
+            ref[2] = False  # no enhancing tumour in the reference
+        if i == 2:
+            pred[2] = ref[2] = False  # nothing anywhere in region ET
+        cases.append(
+            {
+                "image": MetaTensor(torch.as_tensor(pred, dtype=torch.float32), affine=affine),
+                "label": MetaTensor(torch.as_tensor(ref, dtype=torch.float32), affine=affine),
+            }
+        )
+    return cases
+
+
+CONFIG = {
+    "imports": ["$import torch", "$import monai"],
+    "device": "$torch.device('cpu')",
+    "region_names": REGIONS,
+    "network": "$torch.nn.Identity()",
+    "dataloader": {
+        "_target_": "DataLoader",
+        "dataset": {"_target_": "Dataset", "data": "@cases"},
+        "batch_size": 2,
+    },
+    "evaluator": {
+        "_target_": "SupervisedEvaluator",
+        "device": "@device",
+        "val_data_loader": "@dataloader",
+        "network": "@network",
+        "key_val_metric": {
+            "val_dice": {
+                "_target_": "common.handlers.RegionDice",
+                "region_names": "@region_names",
+                "empty_rule": "@empty_rule",
+                "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+            }
+        },
+        "additional_metrics": {
+            "val_iou": {
+                "_target_": "common.handlers.RegionIoU",
+                "region_names": "@region_names",
+                "empty_rule": "@empty_rule",
+                "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+            },
+            "val_hd95": {
+                "_target_": "common.handlers.RegionHausdorff",
+                "region_names": "@region_names",
+                "percentile": 95,
+                "empty_rule": "@empty_rule",
+                "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+            },
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("rule", ["brats", "nan"])
+def test_handlers_report_each_region(rule: str) -> None:
+    cases = make_cases()
+    parser = ConfigParser(dict(CONFIG, cases=cases, empty_rule=rule))
+    evaluator = parser.get_parsed_content("evaluator")
+    evaluator.run()
+    metrics = evaluator.state.metrics
+
+    for name, fn in (
+        ("val_dice", lambda p, r: brute_dice(p, r, rule)),
+        ("val_iou", lambda p, r: brute_iou(p, r, rule)),
+        ("val_hd95", lambda p, r: brute_hd(p, r, SPACING, 95, rule)),
+    ):
+        table = np.array([[fn(c["image"][k].numpy() > 0, c["label"][k].numpy() > 0) for k in range(3)] for c in cases])
+        expected = np.nanmean(table, axis=0)
+        for k, region in enumerate(REGIONS):
+            assert metrics[f"{name}_{region}"] == pytest.approx(expected[k], rel=1e-5), (name, region)
+        assert metrics[name] == pytest.approx(np.mean(expected), rel=1e-5)
+        details = evaluator.state.metric_details[name]
+        assert details.shape == (len(cases), 3)
+    # the empty-ET cases are where the two conventions differ
+    if rule == "brats":
+        assert evaluator.state.metric_details["val_hd95"][1, 2] == pytest.approx(373.13)
+        assert evaluator.state.metric_details["val_dice"][2, 2] == 1.0
+    else:
+        assert torch.isnan(evaluator.state.metric_details["val_dice"][1, 2])
+    assert evaluator.state.best_metric == pytest.approx(metrics["val_dice"])
+
+
+def test_region_count_mismatch_is_reported() -> None:
+    parser = ConfigParser(dict(CONFIG, cases=make_cases(2), empty_rule="brats", region_names=["TC", "WT"]))
+    evaluator = parser.get_parsed_content("evaluator")
+    with pytest.raises(ValueError, match="region_names"):
+        evaluator.run()

@@ -49,8 +49,8 @@ def test_detection_matching_and_auroc_on_known_cases() -> None:
     ours = {"boxes": [[0.5, 0, 0, 5, 5, 5], [10, 0, 0, 5, 5, 5], [40, 0, 0, 5, 5, 5]], "scores": [0.9, 0.55, 0.3]}
     m = agreement.match_detections(ref, ours)  # 1st matches, 2nd differs in score, 3rd in position
     assert (m["matched"], m["n_reference"], m["n_ours"]) == (1, 3, 3)
-    assert agreement.auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
-    assert np.isnan(agreement.auroc([0.1, 0.2], [1, 1]))
+    four = {"p": [[0.1], [0.4], [0.35], [0.8]], "y": [[0], [0], [1], [1]]}  # 3 of 4 pairs ordered: 0.75
+    assert agreement.mean_auroc(dict(enumerate(four["p"])), dict(enumerate(four["y"]))) == pytest.approx(0.75)
     probs = {"a": [0.9, 0.1], "b": [0.2, 0.3], "c": [0.1, 0.7]}
     labels = {"a": [1, 0], "b": [0, 0], "c": [0, 0]}  # label 2 has no positive: skipped
     assert agreement.mean_auroc(probs, labels) == pytest.approx(1.0)

@@ -1,8 +1,8 @@
-"""Agreement metrics between our outputs and the reference's (no torch, no bundle imports: unit-testable alone).
+"""Agreement metrics between our outputs and the reference's (no bundle imports: unit-testable alone).
 
 - BraTS: Dice per region between two label maps (2018-2021 values: TC = {1, 4}, WT = {1, 2, 4}, ET = {4}).
 - LUNA16: one-to-one matching of two detection lists produced at the same operating point.
-- CXR14: mean AUROC over the labels that have both classes (per-label AUROC, ties count one half).
+- CXR14: mean AUROC over the labels that have both classes (MONAI's ``compute_roc_auc``).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
+from monai.metrics import compute_roc_auc
 
 BRATS_REGIONS = {"TC": (1, 4), "WT": (1, 2, 4), "ET": (4,)}
 
@@ -52,21 +54,15 @@ def match_detections(ref: dict[str, Any], ours: dict[str, Any], dist_mm: float =
     }
 
 
-def auroc(scores: Any, labels: Any) -> float:
-    """Area under the ROC curve (Mann-Whitney with ties counted one half); NaN when only one class is present."""
-    s, y = np.asarray(scores, float), np.asarray(labels).astype(bool)
-    pos, neg = s[y], s[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
-
-
 def mean_auroc(probs: dict[str, list[float]], labels: dict[str, list[float]]) -> float:
     """Mean AUROC over the labels scorable on these images (both classes present); images matched by name."""
     names = sorted(probs)
     p = np.array([probs[n] for n in names], float)
     y = np.array([labels[n] for n in names], float)
-    per = [auroc(p[:, k], y[:, k]) for k in range(p.shape[1])]
+    per = [
+        float(compute_roc_auc(torch.as_tensor(p[:, k]), torch.as_tensor(y[:, k])))
+        if 0 < y[:, k].sum() < len(y)
+        else np.nan
+        for k in range(p.shape[1])
+    ]
     return float(np.nanmean(per))

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.metrics import compute_roc_auc
 
 from common.files import atomic_write_bytes, write_json_atomic
 
@@ -72,11 +73,10 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (trapezoid over distinct scores; ties count one half); NaN with one class only."""
+    """Area under the ROC curve (MONAI's ``compute_roc_auc``: ties count one half); NaN with one class only."""
     if labels.min() == labels.max():
         return float("nan")
-    fpr, tpr, _ = roc_curve(scores, labels)
-    return float(np.trapezoid(tpr, fpr))
+    return float(compute_roc_auc(torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(labels)))
 
 
 def youden_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
