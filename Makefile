@@ -21,6 +21,7 @@ help:
 	@echo "make label-test  MONAI Label integration test (starts a server, calls /info/ and /infer/)"
 	@echo "make benchmark-speed  time each bundle against its model-zoo reference (~25 min on 2 cores)"
 	@echo "make benchmark  reproduce the committed synthetic numbers (benchmarks/expected.json); BRATS_DIR=... for real data"
+	@echo "make benchmark-planted  plant known faults and check that the benchmark catches each (after make benchmark)"
 	@echo "make pack    zip each bundle (model-zoo layout, with common/) into dist/<name>_v<version>.zip"
 
 $(STAMP): requirements.txt pyproject.toml
@@ -74,9 +75,9 @@ pack: $(STAMP)
 
 # Speed against the model-zoo reference configurations (benchmarks/speed/README.md); one script at a time.
 benchmark-speed: $(STAMP)
-	PYTHONPATH=. $(PY) benchmarks/speed/brats.py --out benchmarks/results/speed_brats.json
-	PYTHONPATH=. $(PY) benchmarks/speed/luna16.py --out benchmarks/results/speed_luna16.json
-	PYTHONPATH=. $(PY) benchmarks/speed/cxr.py --out benchmarks/results/speed_cxr.json
+	$(PY) -m benchmarks.speed.brats --out benchmarks/results/speed_brats.json
+	$(PY) -m benchmarks.speed.luna16 --out benchmarks/results/speed_luna16.json
+	$(PY) -m benchmarks.speed.cxr --out benchmarks/results/speed_cxr.json
 
 # Quality benchmark (benchmarks/quality.py): every bundle's seeded synthetic demo in fp32, checked against
 # benchmarks/expected.json; fails on a regression. With dataset roots in the real layout it runs the bundles'
@@ -87,5 +88,11 @@ CXR14_DIR ?=
 BENCH_ARGS ?=
 .PHONY: benchmark
 benchmark: $(STAMP)
-	$(PY) benchmarks/quality.py $(if $(BRATS_DIR),--brats_dir $(BRATS_DIR)) $(if $(LUNA16_DIR),--luna16_dir $(LUNA16_DIR)) \
+	$(PY) -m benchmarks.quality $(if $(BRATS_DIR),--brats_dir $(BRATS_DIR)) $(if $(LUNA16_DIR),--luna16_dir $(LUNA16_DIR)) \
 		$(if $(CXR14_DIR),--cxr14_dir $(CXR14_DIR)) $(BENCH_ARGS)
+
+# Planted faults (benchmarks/planted.py): reuses the data and weights of `make benchmark` in work_dirs/benchmark.
+PLANTED_ARGS ?=
+.PHONY: benchmark-planted
+benchmark-planted: $(STAMP)
+	$(PY) -m benchmarks.planted $(PLANTED_ARGS)

@@ -20,6 +20,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent
 BUNDLES = ROOT / "bundles"
+if str(ROOT) not in sys.path:  # tests import the repository's tools and benchmarks packages
+    sys.path.insert(0, str(ROOT))
 
 
 def _bundle_of(path: Path) -> Path | None:

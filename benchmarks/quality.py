@@ -1,20 +1,29 @@
 """Quality benchmark: reproduce each bundle's committed numbers on its seeded synthetic set, or score real data.
 
-    python benchmarks/quality.py                       # = make benchmark: synthetic, checked against expected.json
-    python benchmarks/quality.py --bundles luna16_detection
-    python benchmarks/quality.py --brats_dir /data/BraTS2021 --luna16_dir /data/LUNA16 --cxr14_dir /data/NIH
+    python -m benchmarks.quality                        # = make benchmark: synthetic, checked against expected.json
+    python -m benchmarks.quality --bundles luna16_detection
+    python -m benchmarks.quality --brats_dir /data/BraTS2021 --luna16_dir /data/LUNA16 --cxr14_dir /data/NIH
 
-Synthetic protocol: each bundle's ``scripts/demo.py`` (generate the seeded synthetic set in the real on-disk
-layout, train with ``configs/demo.json``, evaluate on the held-out test split) in fp32 (``BUNDLES_AMP=0``: bf16
-autocast is picked only on CPUs/GPUs that have it, and would change the numbers between machines). The checked
-metrics and their tolerances are in ``benchmarks/expected.json``; a metric worse than ``expected - tolerance``
-(``+`` for distances) is a regression and the exit status is 1. A metric better than the tolerance band is
-reported too: the expected values are then stale.
+Synthetic protocol, per bundle, in fp32 (``BUNDLES_AMP=0``: bf16 autocast is chosen only on processors that have
+it and would change the numbers between machines), 2 threads, ``PYTHONHASHSEED=0``:
 
-Real-data protocol (one or more ``--<bundle>_dir``): the same demo script with ``--dataset_dir DIR --reference``,
-i.e. the bundle's default (model-zoo) configs on the real layout: the documented seeded split, training,
-evaluation; the table puts our numbers beside the published ones (``benchmarks/published.json``) with each
-one's split and scoring convention. This trains the full recipe: hours to days, on a GPU.
+1. ``make demo``'s steps (tools/demo.py with the bundle's ``configs/demo_spec.json``): generate the seeded
+   synthetic set in the real layout, train, evaluate on the held-out test split, infer. The bundle's own
+   evaluation gives the first metrics (``test_dice_TC``, ``mean_auroc``, ``cpm`` ...).
+2. Output checks (``benchmarks/scoring.py``, code that shares nothing with the bundles): the bundle's inference
+   command runs on the whole test split and its WRITTEN files are scored against the raw ground truth -
+   BraTS segmentations per region in the edition's label values, for the 2021 test split and for a generated
+   2023-layout set (``seg_*``, ``seg2023_*``); CXR14 probability CSVs by label name against
+   ``Data_Entry_2017.csv`` and DICOM copies against their PNGs (``csv_*``, ``dicom_*``); the LUNA16
+   submission CSV by the FROC rules against ``annotations.csv`` (``csv_*``).
+
+A metric worse than ``expected - tolerance`` (``+`` for distances) in ``benchmarks/expected.json`` is a regression
+and the exit status is 1; one better than its band is reported (the expected values are then stale).
+``python -m benchmarks.planted`` plants known faults and checks that this benchmark catches each of them.
+
+Real-data protocol (one or more ``--<bundle>_dir``): the bundle's default (model-zoo) configs on the real layout
+(demo steps without ``configs/demo*.json``), our numbers beside the published ones (``benchmarks/published.json``).
+This trains the full recipe: hours to days, on a GPU.
 
 Writes ``<work_dir>/quality.json`` and ``<work_dir>/quality.md``.
 """
@@ -24,18 +33,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from benchmarks import scoring
+from benchmarks.speed.harness import machine_info
+from common.files import atomic_write_text, write_json_atomic
+from tools.demo import commands, discover, run_bundle, run_step, set_arg
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tools"), str(ROOT / "benchmarks" / "speed")]
-
-from demo import discover, run_demo  # noqa: E402  (tools/demo.py: runs one bundle's scripts/demo.py)
-from harness import machine_info  # noqa: E402  (CPU model, bf16 flags, versions: shared with the speed scripts)
-
-from common.files import atomic_write_text, write_json_atomic  # noqa: E402
-
 EXPECTED = Path(__file__).with_name("expected.json")
 PUBLISHED = Path(__file__).with_name("published.json")
 REAL_DIR_OPTIONS = {
@@ -43,6 +53,119 @@ REAL_DIR_OPTIONS = {
     "cxr14_classification": "cxr14_dir",
     "luna16_detection": "luna16_dir",
 }
+CXR14_LABELS = (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
+    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+)  # fmt: skip
+"""The NIH label names, written out here rather than imported: the scorer matches outputs to labels by name."""
+
+
+def benchmark_env(threads: int = 2) -> dict[str, str]:
+    """fp32 and a fixed thread count: both change the last bits of every convolution, which training amplifies."""
+    env = {**os.environ, "BUNDLES_AMP": "0", "PYTHONHASHSEED": "0", "BUNDLES_PROGRESS": "0"}
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    return env
+
+
+def infer(bundle: Path, work: Path, dataset_dir: Path, output_dir: Path, env: dict, extra: dict | None) -> None:
+    """The bundle's inference command (demo spec, plus any planted override) on ``dataset_dir``."""
+    cmd = commands(bundle, work, extra=extra)["infer"]
+    cmd = set_arg(set_arg(cmd, "--dataset_dir", str(dataset_dir)), "--output_dir", str(output_dir))
+    shutil.rmtree(output_dir, ignore_errors=True)
+    ok, _ = run_step(bundle, cmd, env)
+    if not ok:
+        raise RuntimeError(f"{bundle.name}: inference on {dataset_dir} failed")
+
+
+def score_brats(bundle: Path, work: Path, env: dict, extra: dict | None = None) -> dict[str, float]:
+    bench = work / "bench"
+    test = json.loads((work / "eval" / "datalist.json").read_text())["testing"]
+    cases = bench / "test_cases"
+    shutil.rmtree(cases, ignore_errors=True)
+    for item in test:
+        shutil.copytree(Path(item["label"]).parent, cases / item["case"])
+    infer(bundle, work, cases, bench / "pred2021", env, extra)
+    pairs = [(bench / "pred2021" / f"{i['case']}_seg.nii.gz", Path(i["label"])) for i in test]
+    out = {f"seg_{k}": v for k, v in scoring.score_brats_segmentations(pairs, "2021").items()}
+    # the same model on a 2023-layout set: files, suffixes and label values of the other edition
+    gli = bench / "BraTS2023"
+    if not gli.is_dir():
+        spec = json.loads((bundle / "configs" / "demo_spec.json").read_text())
+        size = spec["generate"][spec["generate"].index("--size") + 1]
+        cmd = [sys.executable, "-m", "scripts.synthetic", str(gli), "--n_cases", "6", "--layout", "2023"]
+        if not run_step(bundle, [*cmd, "--size", size, "--seed", "2023"], env)[0]:
+            raise RuntimeError("generating the 2023-layout set failed")
+    infer(bundle, work, gli, bench / "pred2023", env, extra)
+    pairs = [(bench / "pred2023" / f"{c.name}_seg.nii.gz", next(c.glob("*-seg.nii.gz"))) for c in sorted(gli.iterdir())]
+    out.update({f"seg2023_{k}": v for k, v in scoring.score_brats_segmentations(pairs, "2023").items()})
+    return out
+
+
+def score_cxr14(bundle: Path, work: Path, env: dict, extra: dict | None = None) -> dict[str, float]:
+    bench, data = work / "bench", work / "dataset"
+    names = (data / "test_list.txt").read_text().split()
+    png = bench / "test_png"
+    shutil.rmtree(png, ignore_errors=True)
+    png.mkdir(parents=True)
+    for name in names:
+        shutil.copy(next(data.glob(f"images*/images/{name}")), png / name)
+    # DICOM copies of every test image (rescale+window, MONOCHROME1, 16-bit), written by the bundle's generator
+    make = f"from pathlib import Path; from scripts.synthetic import write_dicom_copies; write_dicom_copies(Path({str(data)!r}), {names!r})"  # noqa: E501
+    if not run_step(bundle, [sys.executable, "-c", make], env)[0]:
+        raise RuntimeError("writing DICOM copies failed")
+    infer(bundle, work, png, bench / "pred_png", env, extra)
+    infer(bundle, work, data / "dicom", bench / "pred_dicom", env, extra)
+    truth = scoring.read_nih_labels(data / "Data_Entry_2017.csv", CXR14_LABELS)
+    from_png = scoring.read_probabilities(bench / "pred_png" / "predictions.csv")
+    from_dicom = scoring.read_probabilities(bench / "pred_dicom" / "predictions.csv")
+    if len(from_png) != len(names) or len(from_dicom) != len(names):
+        raise RuntimeError(f"predictions for {len(from_png)} PNG / {len(from_dicom)} DICOM of {len(names)} images")
+    out = {f"csv_{k}": v for k, v in scoring.score_cxr_probabilities(from_png, truth, CXR14_LABELS).items()}
+    out["dicom_mean_auroc"] = scoring.score_cxr_probabilities(from_dicom, truth, CXR14_LABELS)["mean_auroc"]
+    out["dicom_png_max_abs_diff"] = scoring.max_abs_difference(from_dicom, from_png)
+    return out
+
+
+def score_luna16(bundle: Path, work: Path, env: dict, extra: dict | None = None) -> dict[str, float]:
+    data = work / "dataset"
+    infer(bundle, work, data / "subset0", work / "bench" / "pred", env, extra)
+    scans = sorted(m.stem for m in (data / "subset0").glob("*.mhd"))
+    result = scoring.luna16_froc(
+        scoring.read_submission(work / "bench" / "pred" / "submission.csv"),
+        scoring.read_findings(data / "annotations.csv"),
+        scoring.read_findings(data / "annotations_excluded.csv"),
+        scans,
+    )
+    return {f"csv_{k}": v for k, v in result.items()}
+
+
+SCORERS: dict[str, Callable[..., dict[str, float]]] = {
+    "brats_segmentation": score_brats,
+    "cxr14_classification": score_cxr14,
+    "luna16_detection": score_luna16,
+}
+
+
+def run_synthetic(
+    bundle: Path,
+    work: Path,
+    env: dict[str, str],
+    steps: tuple[str, ...] = ("generate", "train", "evaluate", "infer"),
+    extra: dict[str, list[str]] | None = None,
+    dataset: Path | None = None,
+) -> dict[str, Any]:
+    """Demo steps, then the output checks; metrics of both in ``result["metrics"]``."""
+    result = run_bundle(bundle, work, dataset=dataset, env=env, steps=steps, extra=extra)
+    if result["ok"]:
+        start = time.perf_counter()
+        try:
+            scores = SCORERS[bundle.name](bundle, work, env, extra)
+        except (RuntimeError, OSError, ValueError, KeyError) as e:
+            print(f"=== {bundle.name}: output checks failed: {e} ===", flush=True)
+            return {**result, "ok": False, "failed_step": "output checks"}
+        result["metrics"].update({k: round(v, 4) for k, v in scores.items()})
+        result["seconds"]["output_checks"] = round(time.perf_counter() - start, 1)
+    return result
 
 
 def check(measured: dict[str, float], expected: dict[str, dict]) -> list[dict]:
@@ -66,11 +189,15 @@ def check(measured: dict[str, float], expected: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def failed(result: dict[str, Any]) -> bool:
+    return not result["ok"] or any(c["status"] in ("REGRESSION", "missing") for c in result.get("checks", []))
+
+
 def synthetic_table(results: dict[str, dict]) -> str:
     lines = ["| bundle | metric | expected | tolerance | measured | status |", "|---|---|---|---|---|---|"]
     for bundle, res in results.items():
         if not res["ok"]:
-            lines.append(f"| {bundle} | (demo failed) | | | | FAILED |")
+            lines.append(f"| {bundle} | (failed at {res.get('failed_step')}) | | | | FAILED |")
             continue
         for r in res["checks"]:
             got = "-" if r["measured"] is None else f"{r['measured']:.4f}"
@@ -89,7 +216,7 @@ def real_table(results: dict[str, dict], published: dict[str, list[dict]]) -> st
         for m in names:
             if m in ours:
                 lines.append(
-                    f"| {bundle} | this bundle | {m} | {ours[m]:.4f} | {res.get('notes', '')[:90]} | measured |"
+                    f"| {bundle} | this bundle | {m} | {ours[m]:.4f} | {res.get('data', '')[:90]} | measured |"
                 )
         for p in published.get(bundle, []):
             for m, v in p["metrics"].items():
@@ -111,40 +238,29 @@ def main() -> int:
     expected = json.loads(args.expected.read_text())
     real = {b: getattr(args, o) for b, o in REAL_DIR_OPTIONS.items() if getattr(args, o)}
     names = args.bundles or (sorted(real) if real else sorted(expected["bundles"]))
-    # fp32 everywhere and a fixed thread count: both change the last bits of every convolution, which training amplifies
-    env = {**os.environ, "BUNDLES_AMP": "0", "PYTHONHASHSEED": "0"}
-    env.setdefault("OMP_NUM_THREADS", str(args.threads))
+    env = benchmark_env(args.threads)
     work = args.work_dir.resolve()
-    info = {
-        "machine": machine_info(int(env["OMP_NUM_THREADS"])),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "results": {},
-    }
+    info = {"machine": machine_info(int(env["OMP_NUM_THREADS"])), "command": " ".join(sys.argv), "results": {}}
     start = time.perf_counter()
     for bundle in discover(names):
         if real:
-            if bundle.name not in real:
-                continue
-            extra = ["--dataset_dir", str(Path(real[bundle.name]).resolve()), "--reference"]
-            res = run_demo(bundle, work / f"{bundle.name}_real", extra, env)
-        else:
-            res = run_demo(bundle, work / bundle.name, [], env)
-            res["checks"] = check(res.get("metrics", {}), expected["bundles"].get(bundle.name, {}))
+            if bundle.name in real:
+                dataset = Path(real[bundle.name]).resolve()
+                info["results"][bundle.name] = run_bundle(bundle, work / f"{bundle.name}_real", dataset, True, env)
+            continue
+        res = run_synthetic(bundle, work / bundle.name, env)
+        res["checks"] = check(res.get("metrics", {}), expected["bundles"].get(bundle.name, {}))
         info["results"][bundle.name] = res
     info["seconds"] = round(time.perf_counter() - start, 1)
 
     if real:
         report = real_table(info["results"], json.loads(PUBLISHED.read_text()))
         title = "Real data: our numbers beside the published ones (REFERENCE.md section 3)"
-        failed = [b for b, r in info["results"].items() if not r["ok"]]
+        bad = [b for b, r in info["results"].items() if not r["ok"]]
     else:
         report = synthetic_table(info["results"])
         title = f"Synthetic benchmark vs {args.expected.name} ({expected['protocol']})"
-        failed = [
-            b
-            for b, r in info["results"].items()
-            if not r["ok"] or any(c["status"] in ("REGRESSION", "missing") for c in r["checks"])
-        ]
+        bad = [b for b, r in info["results"].items() if failed(r)]
     m = info["machine"]
     header = (
         f"{title}\n\nCommand: `{info['command']}`; machine: {m['cpu_model']}, {m['cpus']} cores, CUDA {m['cuda']}; "
@@ -165,9 +281,9 @@ def main() -> int:
         )
         atomic_write_text(json.dumps(expected, indent=4) + "\n", args.expected)
         print(f"updated {args.expected}")
-    if failed:
-        print(f"benchmark FAILED for {failed}", file=sys.stderr)
-    return 1 if failed else 0
+    if bad:
+        print(f"benchmark FAILED for {bad}", file=sys.stderr)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

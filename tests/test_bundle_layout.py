@@ -30,7 +30,7 @@ REQUIRED_FILES = [
     "docs/README.md",
     "docs/data_license.txt",
     "scripts/__init__.py",
-    "scripts/demo.py",
+    "configs/demo_spec.json",
 ]
 META_FIELDS = [
     "version",

@@ -11,10 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _quality():
-    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("benchmarks.quality")
 
 
 def test_check_flags_regressions_in_the_metric_direction() -> None:
@@ -41,7 +38,7 @@ def test_check_flags_regressions_in_the_metric_direction() -> None:
 def test_committed_expected_values_are_complete() -> None:
     """Every bundle has measured expected values (not placeholders) with a direction and a positive tolerance."""
     expected = json.loads((ROOT / "benchmarks" / "expected.json").read_text())
-    bundles = {p.name for p in (ROOT / "bundles").iterdir() if (p / "scripts" / "demo.py").is_file()}
+    bundles = {p.name for p in (ROOT / "bundles").iterdir() if (p / "configs" / "demo_spec.json").is_file()}
     assert set(expected["bundles"]) == bundles
     assert expected["measured_on"]
     for metrics in expected["bundles"].values():

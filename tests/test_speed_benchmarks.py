@@ -20,10 +20,7 @@ SPEED = ROOT / "benchmarks" / "speed"
 
 
 def _speed_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"speed_{name}", SPEED / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"benchmarks.speed.{name}")
 
 
 def test_region_dice_on_a_known_case() -> None:
@@ -98,7 +95,7 @@ def test_flops_counted_in_the_warm_up_and_peak_memory_in_fresh_children(tmp_path
     # a child that fails unless it gets the documented arguments; peak_memory keys its peak RSS <task>_<side>
     child = tmp_path / "child.py"
     child.write_text(
-        f"import sys\nsys.path.insert(0, {str(SPEED)!r})\nimport harness\n"
+        f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom benchmarks.speed import harness\n"
         "a = harness.base_parser('child').parse_args()\n"
         f"assert a.smoke and a.threads == 1 and a.work_dir == {str(tmp_path)!r} and a.child_state.endswith('w.pt')\n"
         "harness.child_report({'child': a.child})\n"
@@ -116,9 +113,9 @@ def test_flops_counted_in_the_warm_up_and_peak_memory_in_fresh_children(tmp_path
 def test_brats_speed_script_smoke(tmp_path: Path) -> None:
     out = tmp_path / "speed_brats.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(SPEED / "brats.py"), "--smoke", "--no_memory", "--threads", "1"]
+    cmd = [sys.executable, "-m", "benchmarks.speed.brats", "--smoke", "--no_memory", "--threads", "1"]
     cmd += ["--work_dir", str(tmp_path / "work"), "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, check=False)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=240, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     result = json.loads(out.read_text())
     for key in (
@@ -143,16 +140,13 @@ def test_brats_speed_script_smoke(tmp_path: Path) -> None:
 
 
 def test_foreground_crop_inferer_matches_the_sliding_window_inside_the_brain() -> None:
-    """The BraTS crop lever (opt-in, bundles/brats_segmentation/scripts/inferers.py): output in the input's shape
-    and metadata, fill value outside the non-zero box, and with no zero border identical to the plain window."""
+    """The BraTS crop lever the speed benchmark measures (benchmarks/speed/crop_inferer.py): output in the input's
+    shape and metadata, fill value outside the non-zero box, and with no zero border identical to the plain window."""
     import torch
     from monai.data import MetaTensor
     from monai.inferers import SlidingWindowInferer
 
-    path = ROOT / "bundles" / "brats_segmentation" / "scripts" / "inferers.py"
-    spec = importlib.util.spec_from_file_location("brats_inferers", path)
-    inferers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(inferers)
+    inferers = _speed_module("crop_inferer")
 
     net = torch.nn.Conv3d(2, 3, 3, padding=1)
     x = torch.zeros(1, 2, 20, 24, 16)

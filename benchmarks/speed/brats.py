@@ -8,21 +8,18 @@ Ours: the bundle's configs/inference.json and configs/train.json as shipped (par
 Both get the same weights (seeded random init of the bundle's network_def) and the same synthetic case
 (scripts.synthetic, 240x240x155 at 1 mm like real BraTS).
 
-    .venv/bin/python benchmarks/speed/brats.py --out benchmarks/results/speed_brats.json
+    .venv/bin/python -m benchmarks.speed.brats --out benchmarks/results/speed_brats.json
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
-import report  # noqa: E402
-from agreement import BRATS_REGIONS as LABEL_SETS  # noqa: E402
-from agreement import region_dice  # noqa: E402
+from benchmarks.speed import harness, report
+from benchmarks.speed.agreement import BRATS_REGIONS as LABEL_SETS
+from benchmarks.speed.agreement import region_dice
 
 BUNDLE = "brats_segmentation"
 BUNDLE_DIR = harness.setup_paths(BUNDLE)
@@ -153,7 +150,7 @@ def crop_lever_overrides() -> dict[str, Any]:
     """Lever measured but not the default: sliding window on the brain's bounding box (scripts/inferers.py)."""
     return {
         "inferer#inferer": {
-            "_target_": "scripts.inferers.ForegroundCropInferer",
+            "_target_": "benchmarks.speed.crop_inferer.ForegroundCropInferer",
             "roi_size": "@roi_size",
             "sw_batch_size": 1,
             "overlap": 0.5,

@@ -8,22 +8,19 @@ Ours: the bundle's configs/inference.json and configs/train.json as shipped (par
 Both get the same weights (seeded random init of the bundle's network_def) and the same synthetic images
 (scripts.synthetic at 1024x1024, the size of the real NIH PNGs).
 
-    .venv/bin/python benchmarks/speed/cxr.py --out benchmarks/results/speed_cxr.json
+    .venv/bin/python -m benchmarks.speed.cxr --out benchmarks/results/speed_cxr.json
 """
 
 from __future__ import annotations
 
 import copy
 import csv
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
-import report  # noqa: E402
-from agreement import mean_auroc  # noqa: E402
+from benchmarks.speed import harness, report
+from benchmarks.speed.agreement import mean_auroc
 
 BUNDLE = "cxr14_classification"
 BUNDLE_DIR = harness.setup_paths(BUNDLE)

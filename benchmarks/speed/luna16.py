@@ -15,21 +15,18 @@ fits the patch in x/y and needs two windows along z. The training patch is reduc
 Weights: seeded random init of the bundle's network_def, with the classification layer re-drawn (std 0.1,
 bias -3) so that a random network gives a spread of scores above the 0.02 threshold to compare detections on.
 
-    .venv/bin/python benchmarks/speed/luna16.py --out benchmarks/results/speed_luna16.json
+    .venv/bin/python -m benchmarks.speed.luna16 --out benchmarks/results/speed_luna16.json
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
-import report  # noqa: E402
-from agreement import match_detections  # noqa: E402
+from benchmarks.speed import harness, report
+from benchmarks.speed.agreement import match_detections
 
 BUNDLE = "luna16_detection"
 BUNDLE_DIR = harness.setup_paths(BUNDLE)

@@ -2,8 +2,8 @@
 section (between ``<!-- speed:begin -->`` and ``<!-- speed:end -->``; inserted before "## References" the first
 time), so the docs show exactly what the JSON holds, with command, machine and date.
 
-    .venv/bin/python benchmarks/speed/report.py            # print the sections
-    .venv/bin/python benchmarks/speed/report.py --write    # update the READMEs
+    .venv/bin/python -m benchmarks.speed.report            # print the sections
+    .venv/bin/python -m benchmarks.speed.report --write    # update the READMEs
 
 The table itself (its columns and the inference/training rows) is also built here, by the speed scripts, so that
 all three bundles' tables share one layout; they store it in their JSON as ``table_markdown``.
@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
+from benchmarks.speed import harness
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"

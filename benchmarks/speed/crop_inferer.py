@@ -1,4 +1,5 @@
-"""Sliding-window inference restricted to the brain: BraTS volumes are skull-stripped, so every voxel outside the
+"""A lever the BraTS speed benchmark measures (not shipped in the bundle): sliding-window inference restricted
+to the brain: BraTS volumes are skull-stripped, so every voxel outside the
 bounding box of the non-zero input is background and need not go through the network.
 
 A real BraTS brain fills about a third of the 240x240x155 grid (its box is ~140x170x140 voxels), so the model-zoo
