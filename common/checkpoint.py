@@ -1,4 +1,4 @@
-"""Checkpoints that survive interruption and move between devices.
+"""Checkpoints that survive interruption and move between devices, and the one checkpoint layout of every bundle.
 
 A checkpoint is written to a temporary file beside its target and renamed over it, so an interrupted save
 never leaves a half-written ``model.pt``. Loading always uses ``weights_only=True`` (no arbitrary pickle)
@@ -7,7 +7,9 @@ and ``map_location``, so a checkpoint saved on CUDA loads on a CPU-only machine.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from typing import Any
 import torch
 
 from common.files import atomic_open
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -66,3 +70,95 @@ def load_weights(
             f"{path}: weights do not fit this {expected} (from another network or configuration?): {e}"
         ) from e
     return network
+
+
+# ---------------------------------------------------------------- the checkpoint convention of every bundle
+#
+# models/model.pt                 the selected weights (best validation key metric), {"model": ..., "info": ...},
+#                                 written by validate#handlers' CheckpointSaver; evaluate and inference load it with
+#                                 load_weights(@network, @ckpt_path) (weights_only, map_location, clear errors);
+#                                 MONAI Label reads it directly.
+# models/checkpoint_epoch=N.pt    the full training state (network, optimizer, scheduler, trainer) after epoch N,
+#                                 written by EpochCheckpoints; `--resume true` continues from the newest one.
+
+CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
+    """The ``checkpoint_epoch=N.pt`` with the largest N in ``ckpt_dir`` (written by ``EpochCheckpoints``)."""
+    found = []
+    for f in Path(ckpt_dir).glob("*checkpoint_epoch=*.pt"):
+        m = CHECKPOINT_PATTERN.search(f.name)
+        if m:
+            found.append((int(m.group(1)), f))
+    return max(found)[1] if found else None
+
+
+class EpochCheckpoints:
+    """Save the full training state every ``save_interval`` epochs and, when ``resume``, restart from the newest.
+
+    The state is ``save_dict`` (network, optimizer, scheduler) plus the trainer itself (epoch/iteration), added at
+    ``attach`` time because a config cannot reference the trainer from inside its own handlers. Saving goes through
+    MONAI's ``CheckpointSaver`` (unwraps DistributedDataParallel, keeps the last ``n_saved`` files, rank 0 only);
+    loading through ``CheckpointLoader`` (``weights_only=True``, ``map_location``). ``resume=True`` without a
+    checkpoint starts from scratch (logged), so it is safe on a first run.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str | os.PathLike,
+        save_dict: dict[str, Any],
+        resume: bool = False,
+        save_interval: int = 1,
+        n_saved: int = 1,
+        map_location: Any = "cpu",
+    ) -> None:
+        self.ckpt_dir = Path(ckpt_dir)
+        self.save_dict = dict(save_dict)
+        self.resume = bool(resume)
+        self.save_interval = save_interval
+        self.n_saved = n_saved
+        self.map_location = str(map_location) if isinstance(map_location, torch.device) else map_location
+        self.loaded: Path | None = None
+
+    def attach(self, engine: Any) -> None:
+        from monai.handlers import CheckpointLoader, CheckpointSaver
+
+        state = {**self.save_dict, "trainer": engine}
+        if self.resume:
+            path = latest_checkpoint(self.ckpt_dir)
+            if path is None:
+                logger.warning(f"resume requested but no checkpoint_epoch=*.pt in {self.ckpt_dir}: starting fresh")
+            else:
+                CheckpointLoader(load_path=str(path), load_dict=state, map_location=self.map_location).attach(engine)
+                self.loaded = path
+                logger.info(f"resuming from {path}")
+        rank0 = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+            torch.distributed.get_rank() == 0
+        )
+        if rank0 and self.save_interval > 0:
+            CheckpointSaver(
+                save_dir=str(self.ckpt_dir),
+                save_dict=state,
+                file_prefix="",
+                save_interval=self.save_interval,
+                epoch_level=True,
+                n_saved=self.n_saved,
+            ).attach(engine)
+
+
+class CheckpointInfo:
+    """What a ``model.pt`` holds besides the weights (``{"model": ..., "info": {...}}``): the bundle's name and the
+    settings its network was built with, so that a reader can tell which configuration the weights fit.
+
+    Also makes ignite save a dict: with a single object, ``CheckpointSaver`` writes a bare state dict.
+    """
+
+    def __init__(self, **info: Any) -> None:
+        self.info = dict(info)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.info)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.info = dict(state)

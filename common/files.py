@@ -1,4 +1,5 @@
-"""Files written whole or not at all: a temporary name in the target folder, then a rename over the target.
+"""Files written whole or not at all (a temporary name in the target folder, then a rename over the target), and
+files recognised by their content.
 
 Datalists, metrics and results are read by later steps and by people; an interrupted run must leave either the
 previous file or the new one, never half of one.
@@ -74,3 +75,14 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
 def write_json_atomic(obj: Any, path: str | os.PathLike, indent: int = 1) -> Path:
     """``json.dump`` that never leaves a half-written file."""
     return atomic_write_text(json.dumps(obj, indent=indent), path)
+
+
+def has_dicom_preamble(path: str | os.PathLike) -> bool:
+    """True for a DICOM Part 10 file: the magic ``DICM`` after the 128-byte preamble, whatever the file is called
+    (files exported from a PACS often have no suffix). False when the file cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False

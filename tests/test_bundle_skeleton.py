@@ -6,6 +6,7 @@ A maintainer who knows one bundle knows the others; these tests keep it that way
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,69 @@ def test_single_process_device_rule(bundle: Path) -> None:
     expected = "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')"
     assert _json(bundle, "train.json")["device"] == expected
     assert _json(bundle, "inference.json")["device"] == expected
+
+
+LOAD_WEIGHTS = "$common.checkpoint.load_weights(@network, @ckpt_path, map_location=@device)"
+
+
+def _targets(handlers: list) -> list[str]:
+    return [h.get("_target_") for h in handlers if isinstance(h, dict)]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_checkpoint_convention(bundle: Path) -> None:
+    """models/checkpoint_epoch=N.pt (full state, --resume) from EpochCheckpoints; models/model.pt (best validation
+    weights + CheckpointInfo) from the validator's CheckpointSaver; evaluate and inference load model.pt through
+    common.checkpoint.load_weights (weights_only), never through a loader handler."""
+    train, evaluate, infer = (_json(bundle, n) for n in ("train.json", "evaluate.json", "inference.json"))
+    epoch = [h for h in train["train"]["handlers"] if h.get("_target_") == "common.checkpoint.EpochCheckpoints"]
+    assert len(epoch) == 1 and epoch[0]["resume"] == "@resume" and epoch[0]["ckpt_dir"] == "@ckpt_dir"
+    assert set(epoch[0]["save_dict"]) == {"model", "optimizer", "lr_scheduler"}
+    savers = [h for h in train["validate"]["handlers"] if h.get("_target_") == "CheckpointSaver"]
+    assert len(savers) == 1 and savers[0]["key_metric_filename"] == "model.pt" and savers[0]["save_key_metric"]
+    assert savers[0]["save_dict"] == {"model": "@network", "info": "@checkpoint_info"}
+    assert train["checkpoint_info"] == {"_target_": "common.checkpoint.CheckpointInfo", "bundle": bundle.name}
+    assert train["ckpt_dir"] == "$@bundle_root + '/models'" and train["resume"] is False
+    assert evaluate["ckpt_path"] == "$@ckpt_dir + '/model.pt'" and LOAD_WEIGHTS in evaluate["evaluating"]
+    assert infer["ckpt_path"] == "$@bundle_root + '/models/model.pt'"
+    assert infer["run"].index(LOAD_WEIGHTS) < next(i for i, x in enumerate(infer["run"]) if "evaluator.run()" in x)
+    for name in ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json"):
+        assert "CheckpointLoader" not in (bundle / "configs" / name).read_text(), name
+
+
+EXPR_MODULE = re.compile(r"(?<![\w.@#])((?:common|scripts)(?:\.[a-z_]+)+|os|glob)\b(?=\.)")
+
+
+def _modules_used(configs: list[dict]) -> set[str]:
+    """Modules that ``$`` expressions use (``scripts.prepare.load_split(...)`` uses ``scripts.prepare``)."""
+    found: set[str] = set()
+
+    def walk(value) -> None:
+        if isinstance(value, str) and value.startswith("$") and not value.startswith("$import"):
+            found.update(EXPR_MODULE.findall(value))
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    for config in configs:
+        walk(config)
+    return found
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_one_import_idiom(bundle: Path) -> None:
+    """``imports`` lists ``$import <module>`` for exactly the modules the expressions use, with their top-level
+    package (MONAI binds ``$import a.b`` to the name ``a.b`` only); ``_target_`` paths need none. train.json
+    imports for the files layered on it (evaluate, multi_gpu_train, demo), whose own ``imports`` would replace it."""
+    configs = bundle / "configs"
+    for base, layered in (("train.json", ["evaluate.json", "multi_gpu_train.json", "demo.json"]),
+                          ("inference.json", ["demo_inference.json"])):  # fmt: skip
+        files = [configs / base, *(configs / f for f in layered if (configs / f).is_file())]
+        data = [json.loads(f.read_text()) for f in files]
+        modules = _modules_used(data)
+        modules |= {m.split(".")[0] for m in modules}
+        assert data[0]["imports"] == [f"$import {m}" for m in sorted(modules)], base
+        assert all("imports" not in d for d in data[1:]), base

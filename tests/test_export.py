@@ -42,6 +42,7 @@ def _activate_bundle(bundle: Path) -> None:
     """The root conftest.activate_bundle (under --import-mode=importlib the root conftest is not importable by name)."""
     spec = importlib.util.spec_from_file_location("_root_conftest", ROOT / "conftest.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     module.activate_bundle(bundle)
 

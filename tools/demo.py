@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import csv
 import json
 import os
 import subprocess
@@ -127,13 +128,19 @@ def run_step(bundle: Path, cmd: list[str], env: dict[str, str] | None = None) ->
 
 
 def read_metric(work: Path, path: list[str]) -> float | None:
+    """A value from a results file: ``[file.json, key, key, ...]`` or ``[metrics.csv, name]`` (the ``name,value``
+    rows of MONAI's ``MetricsSaver``); None when it is not there."""
     file, *keys = path
     try:
-        value: Any = json.loads((work / file).read_text())
+        text = (work / file).read_text()
+        if file.endswith(".csv"):
+            rows = {row[0]: row[1] for row in csv.reader(text.splitlines()) if len(row) == 2}
+            return float(rows[keys[0]])
+        value: Any = json.loads(text)
         for k in keys:
             value = value[k]
         return float(value)
-    except (OSError, KeyError, TypeError, ValueError):
+    except (OSError, KeyError, TypeError, ValueError, IndexError):
         return None
 
 

@@ -13,15 +13,11 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+from monai.utils import convert_to_numpy
 
 from common.files import atomic_path
-
-
-def _numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 def write_seg(labels: np.ndarray, reference: str | Path, output: str | Path) -> Path:
@@ -92,7 +88,7 @@ class SaveBratsSegd(MapTransform):
         reference = reference[0] if isinstance(reference, (list, tuple)) else reference
         case = str(d.get("case") or Path(reference).name.split(".")[0])
         for key in self.key_iterator(d):
-            labels = _numpy(d[key])
+            labels = convert_to_numpy(d[key])
             if labels.ndim == 4:
                 if labels.shape[0] != 1:
                     raise ValueError(f"{key}: expected a (1, H, W, D) label map, got {labels.shape}")
@@ -100,5 +96,5 @@ class SaveBratsSegd(MapTransform):
             labels = labels.astype(np.uint8)
             write_seg(labels, reference, self.output_dir / f"{case}_seg.nii.gz")
             if self.overlay:
-                write_overlay(_numpy(image)[3], labels, self.output_dir / f"{case}_overlay.png", title=case)
+                write_overlay(convert_to_numpy(image)[3], labels, self.output_dir / f"{case}_overlay.png", title=case)
         return d

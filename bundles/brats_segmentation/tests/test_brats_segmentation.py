@@ -16,7 +16,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from common.checkpoint import CheckpointError, atomic_save, load_weights
+from common.checkpoint import CheckpointError, atomic_save, latest_checkpoint, load_weights
 from scripts.brats import (
     GLI2023,
     LEGACY,
@@ -29,7 +29,6 @@ from scripts.brats import (
 from scripts.prepare import find_cases, inference_items, prepare
 from scripts.studies import stack_case
 from scripts.synthetic import generate
-from scripts.training import latest_checkpoint
 from scripts.writers import SaveBratsSegd
 
 BUNDLE = Path(__file__).resolve().parents[1]
@@ -195,7 +194,8 @@ def test_train_resume_evaluate_infer(data: dict[str, Path], tmp_path: Path) -> N
         **TINY,
     )
     ev.run()
-    metrics = json.loads((work / "eval" / "metrics.json").read_text())
+    lines = (work / "eval" / "metrics.csv").read_text().splitlines()
+    metrics = {k: float(v) for k, v in (line.split(",") for line in lines)}
     for name in ("test_dice", "test_hd95", "test_dice_nan", "test_hd95_nan"):
         assert name in metrics
         for region in ("TC", "WT", "ET"):
@@ -267,7 +267,7 @@ def test_multi_gpu_train_torchrun_gloo(ddp_data: Path, tmp_path: Path, torchrun,
     n_train = len(json.loads((work / "eval" / "datalist.json").read_text())["training"])
     assert [ranks[r]["iterations"] for r in (0, 1)] == [str(-(-n_train // 2))] * 2, ranks  # batch 1, 1 epoch
     state = torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert set(state) == {"model", "bundle"} and not any(
+    assert set(state) == {"model", "info"} and not any(
         k.startswith("module.") for k in state["model"]
     )  # saved unwrapped, loadable by MONAI Label
     assert latest_checkpoint(work / "models") is not None

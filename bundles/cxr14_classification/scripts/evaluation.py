@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.metrics import compute_roc_auc
+from monai.utils import convert_to_numpy
 
 from common.files import atomic_write_bytes, write_json_atomic
 
@@ -37,9 +38,9 @@ class PredictionCollector:
 
     def collect(self, engine: Engine) -> None:
         for item, path in zip(engine.state.output, batch_paths(engine, self.path_key)):
-            self.preds.append(_numpy(item[self.pred_key]))
+            self.preds.append(convert_to_numpy(item[self.pred_key], dtype=np.float32))
             if self.label_key in item:
-                self.labels.append(_numpy(item[self.label_key]))
+                self.labels.append(convert_to_numpy(item[self.label_key], dtype=np.float32))
             self.paths.append(path)
 
     @property
@@ -55,10 +56,6 @@ def batch_paths(engine: Engine, path_key: str = "image_path") -> list[str]:
     if isinstance(batch, dict):
         return [str(p) for p in batch.get(path_key, [""] * len(engine.state.output))]
     return [str(item.get(path_key, "")) if isinstance(item, dict) else "" for item in batch]
-
-
-def _numpy(x: Any) -> np.ndarray:
-    return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
 
 
 def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

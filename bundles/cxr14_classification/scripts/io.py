@@ -25,6 +25,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from common.files import has_dicom_preamble
+
 MIN_SIZE = 32  # smaller images cannot be chest X-rays (a 1-pixel PNG is a broken export)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -42,12 +44,7 @@ def is_dicom(path: str | os.PathLike) -> bool:
         return True
     if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
         return False
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
+    return has_dicom_preamble(path)
 
 
 def read_cxr(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Small helpers the training configs call: class weights for the label imbalance and transform-list flattening."""
+"""Class weights for the label imbalance, which train.json passes to the BCE loss (``class_weighted``)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,3 @@ def pos_weight(items: Sequence[dict[str, Any]], max_weight: float = 20.0) -> tor
     positives = labels.sum(0)
     negatives = len(labels) - positives
     return (negatives / positives.clamp(min=1.0)).clamp(1.0, max_weight)
-
-
-def flatten(transforms: Sequence[Any]) -> list[Any]:
-    """Transforms list where entries may themselves be lists (the shared ``preprocessing`` block)."""
-    flat: list[Any] = []
-    for t in transforms:
-        flat.extend(flatten(t) if isinstance(t, (list, tuple)) else [t])
-    return flat

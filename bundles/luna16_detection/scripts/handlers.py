@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
+from monai.utils import convert_to_numpy
 
 from common.files import atomic_open
 from scripts.froc import FP_RATES, evaluate_froc, plot_froc, write_json
@@ -22,16 +22,10 @@ from scripts.prepare import COORDINATES
 logger = logging.getLogger(__name__)
 
 
-def _numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().float().numpy()
-    return np.asarray(x, dtype=float)
-
-
 def detections_of(output: dict[str, Any]) -> list[list[float]]:
     """``[[x, y, z, score], ...]`` world mm (LPS) from one evaluator output."""
-    boxes = _numpy(output["pred_box"]).reshape(-1, 6)
-    scores = _numpy(output["pred_score"]).reshape(-1)
+    boxes = convert_to_numpy(output["pred_box"], dtype=np.float64).reshape(-1, 6)
+    scores = convert_to_numpy(output["pred_score"], dtype=np.float64).reshape(-1)
     return [[*map(float, b[:3]), float(s)] for b, s in zip(boxes, scores)]
 
 
@@ -63,7 +57,7 @@ class LunaFROCMetric(Metric):
         for o in output:
             uid = o["seriesuid"]
             self._detections[uid] = detections_of(o)
-            self._boxes[uid] = _numpy(o["pred_box"]).reshape(-1, 6)
+            self._boxes[uid] = convert_to_numpy(o["pred_box"], dtype=np.float64).reshape(-1, 6)
             self._nodules[uid] = [list(map(float, n)) for n in o["nodules"]]
             self._excluded[uid] = [list(map(float, n)) for n in o["excluded"]]
 
@@ -147,7 +141,10 @@ def save_detection_png(output: dict[str, Any], path: Path, max_detections: int =
     boxes = output.get("pred_box_voxel")
     if boxes is None:
         return False
-    boxes, scores = _numpy(boxes).reshape(-1, 6), _numpy(output["pred_score"]).reshape(-1)
+    boxes, scores = (
+        convert_to_numpy(boxes, dtype=np.float64).reshape(-1, 6),
+        convert_to_numpy(output["pred_score"], dtype=np.float64).reshape(-1),
+    )
     keep = np.argsort(-scores)[:max_detections]
     keep = [k for k in keep if scores[k] >= min_score]
     if not keep:
@@ -158,7 +155,7 @@ def save_detection_png(output: dict[str, Any], path: Path, max_detections: int =
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    image = _numpy(output["image"])[0]  # x, y, z in RAS orientation
+    image = convert_to_numpy(output["image"], dtype=np.float64)[0]  # x, y, z in RAS orientation
     fig, axes = plt.subplots(1, len(keep), figsize=(4 * len(keep), 4), squeeze=False)
     for ax, k in zip(axes[0], keep):
         x0, y0, z0, x1, y1, z1 = boxes[k]
@@ -205,7 +202,7 @@ class DetectionWriter:
                 "image": str(o["image"].meta.get("filename_or_obj", "")) if hasattr(o["image"], "meta") else "",
                 "coordinates": COORDINATES,
                 "box_mode": "cccwhd",
-                "boxes": _numpy(o["pred_box"]).reshape(-1, 6).round(3).tolist(),
+                "boxes": convert_to_numpy(o["pred_box"], dtype=np.float64).reshape(-1, 6).round(3).tolist(),
                 "scores": [round(d[3], 6) for d in dets],
             }
             write_json(record, self.output_dir / f"{uid}.json")

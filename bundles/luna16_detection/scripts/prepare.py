@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from common.files import write_json_atomic
+from common.files import has_dicom_preamble, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -214,15 +214,6 @@ def fold_datalist(dataset_dir: str | os.PathLike, fold: int = 0, outside: str = 
     return out
 
 
-def _looks_like_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def inference_items(input_path: str | os.PathLike, subsets: list[int] | None = None) -> list[dict[str, Any]]:
     """Scans to run inference on: a LUNA16 root (optionally only ``subsets``), a folder of .mhd files, one .mhd,
     or one DICOM series folder (read by ITK as a series; its SeriesInstanceUID names the outputs)."""
@@ -240,7 +231,7 @@ def inference_items(input_path: str | os.PathLike, subsets: list[int] | None = N
         for m in mhds:
             read_mhd_header(m)
         return [{"image": str(m.resolve()), "seriesuid": m.stem} for m in mhds]
-    dicoms = [f for f in sorted(p.iterdir()) if f.is_file() and _looks_like_dicom(f)]
+    dicoms = [f for f in sorted(p.iterdir()) if f.is_file() and has_dicom_preamble(f)]
     if dicoms:
         import pydicom
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.checkpoint import latest_checkpoint
 from scripts.prepare import fold_datalist, read_mhd_header, world_to_index
 from scripts.synthetic import generate
 
@@ -55,7 +56,7 @@ def test_train_evaluate_infer(data: Path, trained: Path) -> None:
     dl = fold_datalist(data, 0)
     for split in ("training", "test"):  # scans without nodules must work in training and evaluation
         assert any(not i["nodules"] for i in dl[split]) and any(i["nodules"] for i in dl[split]), split
-    assert (trained / "models" / "model.pt").is_file() and (trained / "models" / "model_final.pt").is_file()
+    assert (trained / "models" / "model.pt").is_file() and latest_checkpoint(trained / "models") is not None
     import torch
 
     ckpt = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
@@ -126,7 +127,7 @@ def test_multi_gpu_train_on_gloo(data: Path, tmp_path: Path, torchrun, nnodes: i
     ranks = launch.check_ranks(nnodes, 2 // nnodes)
     dl = fold_datalist(data, 0)
     assert [ranks[r]["iterations"] for r in (0, 1)] == [str(-(-len(dl["training"]) // 2))] * 2, ranks
-    assert (out / "models" / "model_final.pt").is_file() and (out / "models" / "model.pt").is_file()
+    assert latest_checkpoint(out / "models") is not None and (out / "models" / "model.pt").is_file()
     # validation is sharded over the ranks and the FROC metric gathers every scan before scoring, on each rank
     n_val, n_nodules = len(dl["validation"]), sum(len(i["nodules"]) for i in dl["validation"])
     for r in (0, 1):
