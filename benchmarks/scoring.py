@@ -176,4 +176,6 @@ def luna16_froc(
     at = [float(np.interp(r, fps, sens)) for r in LUNA16_FP_RATES]
     out = {f"sensitivity@{r}fp": s for r, s in zip(LUNA16_FP_RATES, at)}
     out.update(cpm=float(np.mean(at)), n_nodules=float(n_nodules), n_scans=float(len(scans)))
+    out.update(n_detected_nodules=float(len(tp_scores)), n_false_positives=float(len(fp_scores)))
+    out["max_sensitivity"] = len(tp_scores) / max(n_nodules, 1)
     return out

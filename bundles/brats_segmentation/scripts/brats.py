@@ -274,3 +274,22 @@ class RegionsToLabelsd(_EditionTransform):
             labels = torch.as_tensor(conv.labels_from_regions(arr)[None])
             d[key] = MetaTensor(labels, meta=regions.meta) if isinstance(regions, MetaTensor) else labels
         return d
+
+
+class NestRegionsd(MapTransform):
+    """Thresholded [TC, WT, ET] channels -> the regions of the label map inference writes: TC includes ET, WT
+    includes TC (``RegionsToLabelsd`` nests them the same way: ET, else TC -> necrosis, else WT -> edema).
+
+    A network's channels need not nest (an ET voxel outside TC); the challenge scores the submitted label map, so
+    validation and evaluation score these nested regions: the reported Dice is the Dice of the written file.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            regions = d[key]
+            tc, wt, et = (regions[i] > 0.5 for i in range(3))
+            tc = tc | et
+            nested = torch.stack([tc, wt | tc, et]).to(regions.dtype)
+            d[key] = MetaTensor(nested, meta=regions.meta) if isinstance(regions, MetaTensor) else nested
+        return d

@@ -13,6 +13,7 @@ import pytest
 import torch
 from monai.bundle import run, verify_net_in_out
 
+from benchmarks.scoring import auroc_mann_whitney, read_nih_labels
 from common.checkpoint import CheckpointError, load_checkpoint
 from scripts.labels import LABELS
 from scripts.networks import cxr_network
@@ -58,10 +59,25 @@ def test_evaluate_writes_metrics(trained):
     assert [r["label"] for r in report["labels"]] == list(LABELS)
     n_test = len((data / "test_list.txt").read_text().split())
     assert report["summary"]["n_test_images"] == n_test
+    # every figure recomputed independently (benchmarks/scoring.py) from test_predictions.csv, with the truth read
+    # by label NAME from Data_Entry_2017.csv: AUROC, and sensitivity/specificity at the reported threshold
+    truth = read_nih_labels(data / "Data_Entry_2017.csv", LABELS)
+    with open(out / "eval" / "test_predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(Path(r["image"]).name for r in rows) == sorted((data / "test_list.txt").read_text().split())
     for r in report["labels"]:
-        assert np.isnan(r["auroc"]) or 0.0 <= r["auroc"] <= 1.0
-        assert r["n_positive"] + r["n_negative"] == n_test
-    assert 0.0 <= report["summary"]["auroc"] <= 1.0
+        name = r["label"]
+        p = np.array([float(row[f"p_{name}"]) for row in rows])
+        y = np.array([truth[Path(row["image"]).name][name] for row in rows])
+        assert (r["n_positive"], r["n_negative"]) == (int(y.sum()), int(len(y) - y.sum()))
+        expected = auroc_mann_whitney(p, y)
+        assert (np.isnan(r["auroc"]) and np.isnan(expected)) or r["auroc"] == pytest.approx(expected, abs=1e-6), name
+        predicted = p >= r["threshold"]
+        if y.any():
+            assert r["sensitivity"] == pytest.approx((predicted & (y == 1)).sum() / y.sum()), name
+        if (y == 0).any():
+            assert r["specificity"] == pytest.approx((~predicted & (y == 0)).sum() / (y == 0).sum()), name
+    assert report["summary"]["auroc"] == pytest.approx(np.nanmean([r["auroc"] for r in report["labels"]]))
     with open(out / "eval" / "metrics.csv") as f:
         assert len(list(csv.DictReader(f))) == 14
     assert (out / "eval" / "roc_curves.png").stat().st_size > 1000

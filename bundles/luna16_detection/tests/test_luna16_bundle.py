@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.scoring import luna16_froc, read_findings, read_submission
 from common.checkpoint import latest_checkpoint
 from scripts.prepare import fold_datalist, read_mhd_header, world_to_index
 from scripts.synthetic import generate
@@ -68,7 +69,21 @@ def test_train_evaluate_infer(data: Path, trained: Path) -> None:
     )  # fmt: skip
     froc = json.loads((trained / "eval" / "froc.json").read_text())
     assert froc["n_scans"] == len(dl["test"]) and froc["n_nodules"] == sum(len(i["nodules"]) for i in dl["test"])
-    assert 0.0 <= froc["cpm"] <= 1.0 and len(froc["sensitivity_at_fp_rates"]) == 7
+    # the CPM recomputed independently (benchmarks/scoring.py, the LUNA16 rules written plainly) from the
+    # predictions the evaluation wrote and the raw annotation files
+    test_scans = [i["seriesuid"] for i in dl["test"]]
+    oracle = luna16_froc(
+        read_submission(trained / "eval" / "predictions.csv"),
+        read_findings(data / "annotations.csv"),
+        read_findings(data / "annotations_excluded.csv"),
+        test_scans,
+    )
+    assert froc["cpm"] == pytest.approx(oracle["cpm"], abs=1e-9)
+    for key in ("n_detected_nodules", "n_false_positives", "max_sensitivity"):  # meaningful for a 1-epoch model too
+        assert froc[key] == pytest.approx(oracle[key]), key
+    assert oracle["n_false_positives"] > 0
+    for rate, sensitivity in froc["sensitivity_at_fp_rates"].items():
+        assert sensitivity == pytest.approx(oracle[f"sensitivity@{float(rate)}fp"], abs=1e-9), rate
     assert (trained / "eval" / "froc.png").is_file() and (trained / "eval" / "predictions.csv").is_file()
 
     out = trained / "eval" / "inference"
