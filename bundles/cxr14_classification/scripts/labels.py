@@ -1,8 +1,12 @@
-"""The 14 NIH ChestX-ray14 findings in the one fixed order used for every label vector and output channel."""
+"""The 14 NIH ChestX-ray14 findings in the one fixed order used for every label vector and output channel, and
+the class weights that counter their imbalance."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
 
 LABELS: tuple[str, ...] = (
     "Atelectasis",
@@ -48,3 +52,11 @@ def findings_text(vector: Iterable[int]) -> str:
     """Inverse of ``multi_hot`` in NIH's ``Finding Labels`` spelling."""
     names = [name for name, v in zip(LABELS, vector) if v]
     return "|".join(names) if names else NO_FINDING
+
+
+def pos_weight(items: Sequence[dict[str, Any]], max_weight: float = 20.0) -> torch.Tensor:
+    """BCE ``pos_weight`` per label = negatives / positives (capped), so rare findings (Hernia) are not ignored."""
+    labels = torch.tensor([it["label"] for it in items], dtype=torch.float32)
+    positives = labels.sum(0)
+    negatives = len(labels) - positives
+    return (negatives / positives.clamp(min=1.0)).clamp(1.0, max_weight)

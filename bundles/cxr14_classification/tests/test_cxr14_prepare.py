@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from scripts.labels import LABELS
+from scripts.labels import LABELS, pos_weight
 from scripts.prepare import DatasetLayoutError, prepare_datalist, read_entries
 from scripts.synthetic import HEADER, generate
 
@@ -109,3 +109,17 @@ def test_missing_lists_and_columns(layout, tmp_path):
     (root / "test_list.txt").unlink()
     with pytest.raises(DatasetLayoutError, match="test_list.txt"):
         prepare_datalist(root, None)
+
+
+def test_class_weights_are_negatives_over_positives_capped():
+    """BCE pos_weight per label: 4 images; Atelectasis in 1 (3/1 = 3), Cardiomegaly in 3 (1/3 -> floor 1),
+    Hernia in none (4/max(0, 1) = 4), and a cap of 3.5 applied to the first two labels' 3 and 4."""
+    vectors = [[0] * len(LABELS) for _ in range(4)]
+    vectors[0][0] = 1
+    for v in vectors[:3]:
+        v[1] = 1
+    items = [{"label": v} for v in vectors]
+    weights = pos_weight(items, max_weight=20.0)
+    assert weights[0].item() == 3.0 and weights[1].item() == 1.0 and weights[LABELS.index("Hernia")].item() == 4.0
+    capped = pos_weight(items, max_weight=3.5)
+    assert capped[0].item() == 3.0 and capped[LABELS.index("Hernia")].item() == 3.5

@@ -1,1 +1,6 @@
-"""Custom code of the luna16_detection bundle (MONAI Label requires the package name ``scripts``)."""
+"""Custom code of the luna16_detection bundle (MONAI Label requires the package name ``scripts``).
+
+Modules: ``prepare`` (LUNA16 layout -> datalist by official subsets, MetaImage headers, world coordinates),
+``boxes`` (world mm <-> voxel boxes), ``engines`` (RetinaNet trainer, evaluator, inferer), ``froc`` (LUNA16
+FROC/CPM), ``handlers`` (FROC metric, detection writer), ``synthetic`` (generator in the real layout).
+"""
