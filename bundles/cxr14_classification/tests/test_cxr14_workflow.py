@@ -196,3 +196,16 @@ def test_required_bundle_properties(workflow_type, files, trained, tmp_path):
     )
     workflow.initialize()
     assert not workflow.check_properties()
+
+
+def test_same_seed_same_weights(trained, tmp_path):
+    """The benchmark's premise: the same seed on the same machine trains bit-identical weights."""
+    data, _ = trained
+    weights = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        run("training", config_file=_configs("train.json", "demo.json"), dataset_dir=str(data), bundle_root=str(out),
+            **TINY)  # fmt: skip
+        weights.append(load_checkpoint(out / "models" / "model.pt")["model"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -148,3 +148,20 @@ def test_multi_gpu_train_on_gloo(data: Path, tmp_path: Path, torchrun, nnodes: i
     for r in (0, 1):
         log = "".join(launch.rank_logs[ranks[r]["log"]])
         assert f"FROC over {n_val} scans, {n_nodules} nodules" in log, launch.report()
+
+
+@pytest.mark.slow
+def test_same_seed_same_weights(data: Path, tmp_path: Path) -> None:
+    """The benchmark's premise: the same seed on the same machine trains bit-identical weights (fp32)."""
+    import torch
+
+    weights = []
+    for name in ("a", "b"):
+        _bundle_run(
+            ["training", "--config_file", "['configs/train.json','configs/demo.json']", "--dataset_dir", str(data),
+             "--bundle_root", str(tmp_path / name), "--use_amp", "False", *TINY]
+        )  # fmt: skip
+        ckpt = latest_checkpoint(tmp_path / name / "models")
+        weights.append(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
