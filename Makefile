@@ -23,6 +23,7 @@ help:
 	@echo "make benchmark  reproduce the committed synthetic numbers (benchmarks/expected.json); BRATS_DIR=... for real data"
 	@echo "make benchmark-planted  plant known faults and check that the benchmark catches each (after make benchmark)"
 	@echo "make pack    zip each bundle (model-zoo layout, with common/) into dist/<name>_v<version>.zip"
+	@echo "make mutate  mutation testing (mutmut) of the metric and label modules -> benchmarks/results/mutation.json"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -96,3 +97,12 @@ PLANTED_ARGS ?=
 .PHONY: benchmark-planted
 benchmark-planted: $(STAMP)
 	$(PY) -m benchmarks.planted $(PLANTED_ARGS)
+
+# Mutation testing of the metric and label-mapping modules (tools/mutation.py): one mutmut group at a time, staged
+# outside the repository, at most MUTATE_CHILDREN test processes; fails unless each module kills >= 90% of its
+# non-equivalent mutants (tools/mutation_equivalent.json lists the equivalent ones with the reason).
+MUTATE_CHILDREN ?= 2
+MUTATE_ARGS ?=
+.PHONY: mutate
+mutate: $(STAMP)
+	$(PY) tools/mutation.py --max-children $(MUTATE_CHILDREN) $(MUTATE_ARGS)

@@ -4,7 +4,8 @@ Per region of a case: reference lesions are 26-connected components, merged when
 reference dilated ``dilation_iterations`` times (3 for glioma); each lesion is scored against the union of the
 predicted components that touch its dilated mask; a lesion that none touches scores Dice 0 and HD ``FP_HD``;
 each predicted component touching no lesion is a false positive scoring Dice 0 and HD ``FP_HD``. Lesions of
-``min_lesion_volume`` mm^3 or less are not scored (predictions touching them are not false positives either).
+``min_lesion_voxels`` voxels or fewer (50, whatever the spacing: the challenge counts voxels) are not scored, and
+predictions touching them are not false positives either.
 Case score = sum / (scored lesions + false positives); with neither, Dice 1 and HD 0.
 
 The per-lesion Dice and HD95 are MONAI's (``compute_dice``, ``compute_hausdorff_distance``). HD95 uses voxel
@@ -56,14 +57,13 @@ def lesion_wise_scores(
     ref: np.ndarray,
     spacing: Sequence[float] | None = None,
     dilation_iterations: int = 3,
-    min_lesion_volume: float = 50.0,
+    min_lesion_voxels: int = 50,
     percentile: float = 95.0,
     fp_hd: float = FP_HD,
 ) -> dict[str, float]:
     """Lesion-wise Dice and HD95 of one region of one case (binary masks), with the lesion and FP counts."""
     pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
     spacing = tuple(float(s) for s in (spacing if spacing is not None else (1.0,) * pred.ndim))
-    voxel_volume = float(np.prod(spacing))
     lesions, n_lesions = reference_lesions(ref, dilation_iterations)
     pred_cc, _ = _components(pred)
     touched: set[int] = set()
@@ -73,7 +73,7 @@ def lesion_wise_scores(
         hits = np.unique(pred_cc[_dilate(lesion, dilation_iterations)])
         hits = hits[hits != 0]
         touched.update(int(h) for h in hits)
-        if lesion.sum() * voxel_volume <= min_lesion_volume:
+        if int(lesion.sum()) <= min_lesion_voxels:
             continue
         if hits.size:
             p, r = _pair(np.isin(pred_cc, hits), lesion)
@@ -98,14 +98,14 @@ class LesionWiseMetric(CumulativeIterationMetric):
     """``"dice"`` or ``"hd95"`` per case and region (see ``lesion_wise_scores``); spacing from each affine."""
 
     def __init__(
-        self, score: Literal["dice", "hd95"] = "dice", dilation_iterations: int = 3, min_lesion_volume: float = 50.0
+        self, score: Literal["dice", "hd95"] = "dice", dilation_iterations: int = 3, min_lesion_voxels: int = 50
     ) -> None:
         super().__init__()
         if score not in ("dice", "hd95"):
             raise ValueError(f"score must be 'dice' or 'hd95', got {score!r}")
         self.score = score
         self.dilation_iterations = dilation_iterations
-        self.min_lesion_volume = min_lesion_volume
+        self.min_lesion_voxels = min_lesion_voxels
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         if y is None or y_pred.shape != y.shape:
@@ -116,7 +116,7 @@ class LesionWiseMetric(CumulativeIterationMetric):
         scores = [
             [
                 lesion_wise_scores(
-                    pred[b, c], ref[b, c], spacings[b], self.dilation_iterations, self.min_lesion_volume
+                    pred[b, c], ref[b, c], spacings[b], self.dilation_iterations, self.min_lesion_voxels
                 )[self.score]
                 for c in range(pred.shape[1])
             ]
@@ -139,9 +139,9 @@ class LesionWise(RegionMetricHandler):
         region_names: Sequence[str],
         score: Literal["dice", "hd95"] = "dice",
         dilation_iterations: int = 3,
-        min_lesion_volume: float = 50.0,
+        min_lesion_voxels: int = 50,
         output_transform: Callable = lambda x: x,
         save_details: bool = True,
     ) -> None:
-        metric = LesionWiseMetric(score, dilation_iterations, min_lesion_volume)
+        metric = LesionWiseMetric(score, dilation_iterations, min_lesion_voxels)
         super().__init__(metric, region_names, output_transform, save_details)

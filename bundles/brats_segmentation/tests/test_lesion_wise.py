@@ -60,9 +60,12 @@ def test_small_lesions_are_not_scored_and_not_false_positives() -> None:
     ref = cube(np.zeros(SHAPE, bool), (10, 10, 10), 3)  # 27 voxels <= 50
     pred = cube(np.zeros(SHAPE, bool), (11, 10, 10), 3)
     assert lesion_wise_scores(pred, ref) == {"dice": 1.0, "hd95": 0.0, "lesions": 0, "false_positives": 0}
-    # the same lesion at 2 mm spacing is 216 mm^3 and is scored
-    scored = lesion_wise_scores(pred, ref, spacing=(2.0, 2.0, 2.0))
-    assert scored["lesions"] == 1 and scored["dice"] == pytest.approx(2 * 18 / 54)
+    # the rule counts voxels, not mm^3: at 2 mm spacing (216 mm^3) the lesion is still not scored
+    assert lesion_wise_scores(pred, ref, spacing=(2.0, 2.0, 2.0))["lesions"] == 0
+    # a 4x4x4 lesion (64 voxels > 50) is
+    big = cube(np.zeros(SHAPE, bool), (10, 10, 10), 4)
+    scored = lesion_wise_scores(cube(np.zeros(SHAPE, bool), (11, 10, 10), 4), big)
+    assert scored["lesions"] == 1 and scored["dice"] == pytest.approx(2 * 48 / 128)
 
 
 def test_prediction_touching_only_the_dilated_lesion_is_matched() -> None:

@@ -77,11 +77,13 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def youden_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Threshold maximising sensitivity + specificity - 1; 0.5 when a label has one class only."""
+    """Threshold maximising sensitivity + specificity - 1 (the highest one when several tie, compared to 1e-9 so
+    that rounding does not choose); 0.5 when a label has one class only."""
     if labels.min() == labels.max():
         return 0.5
     fpr, tpr, thresholds = roc_curve(scores, labels)
-    best = int(np.argmax(tpr[1:] - fpr[1:])) + 1
+    j = tpr[1:] - fpr[1:]
+    best = int(np.flatnonzero(j >= j.max() - 1e-9)[0]) + 1
     return float(thresholds[best])
 
 

@@ -18,13 +18,14 @@ class _PerLabelAUROC(ROCAUCMetric):
     """ROCAUCMetric (buffers gathered across ranks) returning per-label AUROC with NaN for unscorable labels."""
 
     def aggregate(self, average=None):  # noqa: ARG002 - signature of the parent
-        y_pred, y = self.get_buffer()
-        if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
+        buffer = self.get_buffer()
+        if not isinstance(buffer, (tuple, list)) or not all(isinstance(b, torch.Tensor) for b in buffer):
             raise ValueError("no predictions were collected")
+        y_pred, y = buffer
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # 'y values can not be all 0/1' for labels without positives
             per_label = compute_roc_auc(y_pred, y, average=Average.NONE)
-        return torch.as_tensor(np.asarray(per_label, dtype=np.float64))
+        return torch.as_tensor(np.atleast_1d(np.asarray(per_label, dtype=np.float64)))  # a float for one label
 
 
 class LabelwiseAUROC(IgniteMetricHandler):
@@ -34,9 +35,8 @@ class LabelwiseAUROC(IgniteMetricHandler):
         self,
         label_names: Sequence[str],
         output_transform: Callable = lambda x: x,
-        save_details: bool = False,
     ) -> None:
-        super().__init__(metric_fn=_PerLabelAUROC(), output_transform=output_transform, save_details=save_details)
+        super().__init__(metric_fn=_PerLabelAUROC(), output_transform=output_transform, save_details=False)
         self.label_names = list(label_names)
 
     def compute(self):
