@@ -24,6 +24,8 @@ BRATS_REGIONS = {
     "2021": {"TC": (1, 4), "WT": (1, 2, 4), "ET": (4,)},
     "2023": {"TC": (1, 3), "WT": (1, 2, 3), "ET": (3,)},
 }
+# ... and of each label: necrosis / non-enhancing core, edema, enhancing tumour
+BRATS_LABELS = {"2021": {"NCR": 1, "ED": 2, "ET": 4}, "2023": {"NCR": 1, "ED": 2, "ET": 3}}
 LUNA16_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
@@ -37,10 +39,12 @@ def dice_brats_rule(pred: np.ndarray, ref: np.ndarray) -> float:
 
 
 def score_brats_segmentations(pairs: Iterable[tuple[Path, Path]], edition: str) -> dict[str, float]:
-    """Mean Dice per region over (written segmentation, reference segmentation) pairs of one edition; also the
-    fraction of cases whose written file keeps the reference's grid (shape and affine) and the edition's labels."""
-    regions = BRATS_REGIONS[edition]
-    allowed = {0, *(v for values in regions.values() for v in values)}
+    """Mean Dice per region and per label over (written segmentation, reference segmentation) pairs of one edition;
+    also the fraction of cases whose written file keeps the reference's grid (shape and affine) and the edition's
+    labels. Per-label Dice sees a mix-up of label values that the nested regions hide (e.g. TC and ET swapped when
+    writing: the whole core becomes enhancing, and no necrosis is left)."""
+    regions = {**BRATS_REGIONS[edition], **{f"label_{k}": (v,) for k, v in BRATS_LABELS[edition].items()}}
+    allowed = {0, *BRATS_LABELS[edition].values()}
     dices: dict[str, list[float]] = {r: [] for r in regions}
     grid_ok, labels_ok, n = 0, 0, 0
     for pred_file, ref_file in pairs:
