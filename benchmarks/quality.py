@@ -231,6 +231,7 @@ def main() -> int:
     parser.add_argument("--expected", type=Path, default=EXPECTED)
     parser.add_argument("--update", action="store_true", help="write the measured values into --expected")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (OMP_NUM_THREADS) unless already set")
+    parser.add_argument("--train_seed", type=int, help="another training seed (to measure the seed spread)")
     for option in REAL_DIR_OPTIONS.values():
         parser.add_argument(f"--{option}", default="", help="dataset root in the real layout (real-data protocol)")
     args = parser.parse_args()
@@ -248,7 +249,8 @@ def main() -> int:
                 dataset = Path(real[bundle.name]).resolve()
                 info["results"][bundle.name] = run_bundle(bundle, work / f"{bundle.name}_real", dataset, True, env)
             continue
-        res = run_synthetic(bundle, work / bundle.name, env)
+        extra = {"train": ["--seed", str(args.train_seed)]} if args.train_seed is not None else None
+        res = run_synthetic(bundle, work / bundle.name, env, extra=extra)
         res["checks"] = check(res.get("metrics", {}), expected["bundles"].get(bundle.name, {}))
         info["results"][bundle.name] = res
     info["seconds"] = round(time.perf_counter() - start, 1)
