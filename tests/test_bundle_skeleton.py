@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from monai.bundle import ConfigParser
+from monai.bundle.reference_resolver import ReferenceResolver
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = sorted(p for p in (ROOT / "bundles").iterdir() if (p / "configs").is_dir())
@@ -160,3 +161,41 @@ def test_one_import_idiom(bundle: Path) -> None:
         modules |= {m.split(".")[0] for m in modules}
         assert data[0]["imports"] == [f"$import {m}" for m in sorted(modules)], base
         assert all("imports" not in d for d in data[1:]), base
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_training_needs_no_dataset_folder_when_given_datalists(bundle: Path, tmp_path: Path) -> None:
+    """MONAI Label trains a bundle with its own datalists (it overrides ``train#dataset#data`` and
+    ``validate#dataset#data``) and never sets ``dataset_dir``: nothing that ``training`` builds or prints may read
+    the dataset folder (the BraTS training banner once did, and every MONAI Label training request failed)."""
+    from conftest import activate_bundle
+
+    activate_bundle(bundle)
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.update(
+        {
+            "bundle_root": str(bundle),
+            "output_dir": str(tmp_path),
+            "dataset_dir": str(tmp_path / "no_such_dataset"),
+            "train#dataset#data": [],
+            "validate#dataset#data": [],
+        }
+    )
+    parser.get_parsed_content("imports")
+    training = parser["training"]
+    for i in range(len(training) - 1):  # the banner and anything else before the final trainer.run()
+        parser.get_parsed_content(f"training#{i}")
+    # the trainer is not built (its loaders refuse an empty datalist): every id it needs, directly or through
+    # others, is listed instead, and the dataset folder must not be among them
+    needed, todo = set(), ["training"]
+    while todo:
+        current = todo.pop()
+        for ref in ReferenceResolver.find_refs_in_config(parser.get(current), current):
+            ref = ReferenceResolver.normalize_id(ref)
+            if ref not in needed:
+                needed.add(ref)
+                todo.append(ref)
+    assert "train::trainer" in needed and "validate::evaluator" in needed
+    assert not {"dataset_dir", "datalist", "train_datalist", "val_datalist"} & needed, sorted(needed)
+    assert not (tmp_path / "no_such_dataset").exists()
