@@ -16,6 +16,14 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _new_file_mode() -> int:
+    """The mode ``open()`` would give a new file under the current umask (``mkstemp`` always makes 0600, which
+    would hide every output from the other users of a shared server)."""
+    mask = os.umask(0o022)  # the only portable way to read the umask is to set it and set it back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", newline: str | None = None) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` for writing; on success it is synced and renamed over ``path``.
@@ -32,6 +40,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", newline: str | None = 
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -52,6 +61,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, _new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -49,3 +49,21 @@ def test_atomic_path_failure_keeps_previous_file_and_leaves_no_temp(tmp_path: Pa
         raise RuntimeError("writer crashed")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    """Outputs get the mode any new file gets (0644 under umask 022), not mkstemp's private 0600: segmentations
+    and CSVs on a shared server must be readable by the other users the umask allows."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        text = atomic_write_text("x", tmp_path / "metrics.csv")
+        with atomic_path(tmp_path / "seg.nii.gz") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    for path in (text, tmp_path / "seg.nii.gz"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
