@@ -9,6 +9,7 @@ LABEL_VENV ?= .venv-label
 LABEL_STAMP := $(LABEL_VENV)/.installed
 LABEL_PORT ?= 8123
 LABEL_BUNDLES ?= all
+LABEL_DIR ?= work_dirs/label
 
 .PHONY: help venv test demo lint format clean-demo label label-test benchmark-speed
 
@@ -58,9 +59,9 @@ $(LABEL_STAMP): requirements-label.txt pyproject.toml
 	@touch $@
 
 label: $(LABEL_STAMP)
-	$(LABEL_VENV)/bin/python tools/label_app.py --out work_dirs/label --bundles $(LABEL_BUNDLES)
-	$(LABEL_VENV)/bin/python -m monailabel.main start_server --app work_dirs/label/app \
-		--studies work_dirs/label/studies --conf models "$$(cat work_dirs/label/models.txt)" \
+	$(LABEL_VENV)/bin/python tools/label_app.py --out $(LABEL_DIR) --bundles $(LABEL_BUNDLES)
+	$(LABEL_VENV)/bin/python -m monailabel.main start_server --app $(LABEL_DIR)/app \
+		--studies $(LABEL_DIR)/studies --conf models "$$(cat $(LABEL_DIR)/models.txt)" \
 		--conf zoo_source github --conf sam2 false --conf use_pretrained_model false \
 		--host 127.0.0.1 --port $(LABEL_PORT)
 

@@ -57,12 +57,13 @@ def default_sample_app() -> Path:
     raise FileNotFoundError("monailabel sample-apps/monaibundle not found; pass --sample_app")
 
 
-def _run(cmd: list[str], cwd: Path) -> None:
+def _run(cmd: list[str], cwd: Path) -> str:
     # the repository root on the path for ``common`` (installed in .venv, not in the MONAI Label environment)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")] if p))
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} (in {cwd}) failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return proc.stdout
 
 
 def weights(bundle: Path, dst: Path) -> str:
@@ -154,6 +155,30 @@ def _override(bundle_copy: Path, overrides: dict[str, dict]) -> None:
         cfg.write_text(json.dumps(data, indent=4) + "\n")
 
 
+# The label values the BraTS inference writes, from the bundle's own edition conventions (scripts.brats).
+_BRATS_VALUES = """
+import json, sys
+from scripts.brats import convention
+c = convention(sys.argv[1])
+names = {c.necrosis: "necrotic tumour core", c.edema: "peritumoral edema", c.enhancing: "enhancing tumour"}
+print(json.dumps({"0": "background", **{str(v): n for v, n in sorted(names.items())}}))
+"""
+
+
+def _name_brats_label_values(bundle_copy: Path) -> dict[str, str]:
+    """MONAI Label names segments by the output ``channel_def`` of ``metadata.json``, which for BraTS describes
+    the network's TC/WT/ET channels (0/1/2); what MONAI Label returns is the label map inference writes, with the
+    edition's values (1/2/4 for 2018-2021, 1/2/3 for 2023). The app's copy names those values instead, for the
+    edition the inference config writes, so that a viewer labels every segment correctly."""
+    edition = json.loads((bundle_copy / "configs" / "inference.json").read_text())["default_edition"]
+    channel_def = json.loads(_run([sys.executable, "-c", _BRATS_VALUES, edition], cwd=bundle_copy))
+    meta_file = bundle_copy / "configs" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["network_data_format"]["outputs"]["pred"]["channel_def"] = channel_def
+    meta_file.write_text(json.dumps(meta, indent=4) + "\n")
+    return channel_def
+
+
 def build(out: Path, names: list[str], sample_app: Path) -> dict:
     app = out / "app"
     if app.exists():
@@ -171,6 +196,8 @@ def build(out: Path, names: list[str], sample_app: Path) -> dict:
         shutil.copytree(ROOT / "common", dst / "common", ignore=IGNORE)
         if name in LABEL_OVERRIDES:
             _override(dst, LABEL_OVERRIDES[name])
+        if name == "brats_segmentation":
+            _name_brats_label_values(dst)
         w = weights(src, dst / "models" / "model.pt")
         case = synthetic_case(src, studies)
         report[name] = {
@@ -193,8 +220,9 @@ def main() -> None:
     names = [n for n in a.bundles.split(",") if n]
     if names == ["all"]:
         names = sorted(b.name for b in BUNDLES.iterdir() if (b / "configs" / "inference.json").is_file())
-    sample = Path(a.sample_app) if a.sample_app else default_sample_app()
-    report = build(Path(a.out), names, sample)
+    sample = Path(a.sample_app).resolve() if a.sample_app else default_sample_app()
+    # absolute before anything runs: helpers run with the bundle folder as working directory
+    report = build(Path(a.out).resolve(), names, sample)
     print(json.dumps(report, indent=2))
 
 
