@@ -101,8 +101,9 @@ FAULTS = [
     Fault(
         "luna16_world_to_voxel_x_flipped",
         "luna16_detection",
-        "train",
-        "world LPS -> RAS conversion keeps the x sign (only y flipped): boxes land mirrored in x",
+        "infer",
+        "world LPS <-> RAS conversion keeps the x sign (only y flipped): the written world boxes land mirrored in x "
+        "(checked on the inference path with the clean weights; training with it would learn boxes off the nodules)",
         "bundles/luna16_detection/scripts/boxes.py",
         "LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])",
         "LPS_TO_RAS = np.array([1.0, -1.0, 1.0])",

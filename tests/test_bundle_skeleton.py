@@ -199,3 +199,36 @@ def test_training_needs_no_dataset_folder_when_given_datalists(bundle: Path, tmp
     assert "train::trainer" in needed and "validate::evaluator" in needed
     assert not {"dataset_dir", "datalist", "train_datalist", "val_datalist"} & needed, sorted(needed)
     assert not (tmp_path / "no_such_dataset").exists()
+
+
+def _augmentations(transform) -> list:
+    """The random transforms (not crops: a crop is sampling, not augmentation) inside a parsed transform chain."""
+    from monai.transforms import Compose, RandomizableTransform
+
+    found = []
+    for t in transform.transforms if isinstance(transform, Compose) else [transform]:
+        if isinstance(t, Compose):
+            found += _augmentations(t)
+        elif isinstance(t, RandomizableTransform) and "Crop" not in type(t).__name__:
+            found.append(t)
+    return found
+
+
+@pytest.mark.parametrize("config", ["train.json", "demo.json"])
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_training_augments(bundle: Path, config: str) -> None:
+    """Augmentation silently off (a list emptied, every probability 0) leaves training running and the synthetic
+    benchmark barely moved, so it is guarded here: the training transforms of the recipe and of the demo contain
+    random augmentations that fire (probability > 0), and validation contains none."""
+    from conftest import activate_bundle
+
+    activate_bundle(bundle)
+    parser = ConfigParser()
+    files = ["train.json"] + ([config] if config != "train.json" else [])
+    parser.read_config([str(bundle / "configs" / f) for f in files])
+    parser.update({"bundle_root": str(bundle)})
+    parser.get_parsed_content("imports")
+    train = _augmentations(parser.get_parsed_content("train#preprocessing", instantiate=True))
+    firing = sorted(type(t).__name__ for t in train if t.prob > 0)
+    assert len(firing) >= 1, f"{bundle.name} {config}: no random augmentation with probability > 0"
+    assert not _augmentations(parser.get_parsed_content("validate#preprocessing", instantiate=True))
