@@ -10,7 +10,7 @@ Layout written under ``--out``:
 - ``app/``: a copy of MONAI Label's ``sample-apps/monaibundle``; ``app/model/<bundle>/`` a copy of each bundle
   (without ``models/``, ``eval/``, caches) plus a copy of the repository's ``common`` package inside the bundle
   (MONAI Label puts only the bundle directory on ``sys.path``), and ``models/model.pt`` = ``{"model": state_dict}``:
-  the bundle's own ``models/model.pt`` when it exists (trained with the bundle's default configs), else seeded
+  the bundle's own ``models/model.pt`` when it fits ``network_def`` (trained with the default configs), else seeded
   random weights of ``network_def``.
 - ``studies/``: one synthetic case per bundle, written by the bundle's own ``scripts.synthetic`` CLI and stored
   under a file name MONAI Label's datastore lists (``<bundle>_case.nii.gz`` / ``.png``); BraTS gets two
@@ -35,15 +35,26 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
 IGNORE = shutil.ignore_patterns("models", "eval", "__pycache__", "*.pyc", "runs", "work_dirs", ".pytest_cache")
 
-_RANDOM_WEIGHTS = """
+# Writes models/model.pt for the app: the given checkpoint if it loads into the inference network_def (strict),
+# else seeded random weights; prints why a checkpoint was refused.
+_WEIGHTS = """
 import sys, torch
 from monai.bundle import ConfigParser
 sys.path[:0] = ['.', sys.argv[2]]  # the bundle's scripts, the repository's common
+from common.checkpoint import CheckpointError, load_weights
 p = ConfigParser()
 p.read_config('configs/inference.json')
 torch.manual_seed(0)
 net = p.get_parsed_content('network_def', instantiate=True)
+status = 'seeded random (torch.manual_seed(0))'
+if sys.argv[3]:
+    try:
+        load_weights(net, sys.argv[3])
+        status = 'trained (' + sys.argv[3] + ')'
+    except CheckpointError as e:
+        status = 'seeded random: REFUSED ' + str(e).splitlines()[0][:300]
 torch.save({'model': net.state_dict()}, sys.argv[1])
+print(status)
 """
 
 
@@ -67,21 +78,20 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 
 def weights(bundle: Path, dst: Path) -> str:
-    """The bundle's own ``models/model.pt`` (trained with its default configs) if present, else seeded random.
+    """The bundle's own ``models/model.pt`` if it fits the inference ``network_def``, else seeded random weights.
 
-    Demo weights are not used: the demos train smaller networks (configs/demo.json) than the bundle's
-    ``network_def``, which MONAI Label builds from ``inference.json``.
+    A checkpoint that does not fit (demo weights: the demos train smaller networks than the bundle's
+    ``network_def``, which MONAI Label builds from ``inference.json``) is refused here with the reason, instead of
+    failing every ``/infer/`` request later with HTTP 500.
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
     own = bundle / "models" / "model.pt"
-    if own.is_file():
-        import torch
-
-        ckpt = torch.load(own, map_location="cpu", weights_only=True)
-        torch.save({"model": ckpt.get("model", ckpt)}, dst)
-        return f"trained ({own})"
-    _run([sys.executable, "-c", _RANDOM_WEIGHTS, str(dst), str(ROOT)], cwd=bundle)
-    return "seeded random (torch.manual_seed(0))"
+    status = _run([sys.executable, "-c", _WEIGHTS, str(dst), str(ROOT), str(own) if own.is_file() else ""], cwd=bundle)
+    status = status.strip().splitlines()[-1]
+    if "REFUSED" in status:
+        msg = f"WARNING {bundle.name}: {own} does not fit inference.json's network_def; serving {status}"
+        print(msg, file=sys.stderr)
+    return status
 
 
 def _to_nifti(src: str, dst: Path) -> None:
