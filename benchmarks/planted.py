@@ -161,6 +161,7 @@ def run_fault(fault: Fault, clean_dir: Path, work_dir: Path, expected: dict) -> 
         "what": fault.what,
         "caught": failed(result),
         "seconds": round(time.perf_counter() - start, 1),
+        "clean_run": str(clean),
     }
     if not result["ok"]:
         record.update(metric=None, value=None, caught_by=f"the run failed at {result.get('failed_step')}")
