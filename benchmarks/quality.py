@@ -265,7 +265,8 @@ def main() -> int:
         bad = [b for b, r in info["results"].items() if failed(r)]
     m = info["machine"]
     header = (
-        f"{title}\n\nCommand: `{info['command']}`; machine: {m['cpu_model']}, {m['cpus']} cores, CUDA {m['cuda']}; "
+        f"{title}\n\nCommand: `{info['command']}`; machine: {m['cpu_model']} ({m.get('cpu_id', '?')}, "
+        f"AVX-512 {'yes' if m['bf16_flags'].get('avx512f') else 'no'}), {m['cpus']} cores, CUDA {m['cuda']}; "
         f"torch {m['torch']}, MONAI {m['monai']}; fp32 (BUNDLES_AMP=0), OMP_NUM_THREADS={env['OMP_NUM_THREADS']}; "
         f"{info['seconds'] / 60:.1f} min.\n"
     )

@@ -128,6 +128,9 @@ def machine_info(threads: int) -> dict[str, Any]:
     relevant = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"]
     return {
         "cpu_model": cpu.get("Model name", platform.processor()),
+        # the model name of a VM can hide the generation ("AMD EPYC"): family/model tell Zen 3 from Zen 4, and the
+        # kernels PyTorch picks (AVX2 vs AVX-512) follow from the flags below
+        "cpu_id": f"{cpu.get('Vendor ID', '?')} family {cpu.get('CPU family', '?')} model {cpu.get('Model', '?')}",
         "cpus": os.cpu_count(),
         "cores_per_socket": cpu.get("Core(s) per socket"),
         "hypervisor": cpu.get("Hypervisor vendor"),
