@@ -92,13 +92,6 @@ FAULTS = [
         "    return [int(name in present) for name in sorted(LABELS)]",
     ),
     Fault(
-        "cxr14_augmentation_off",
-        "cxr14_classification",
-        "train",
-        "training runs without its random transforms (flips, intensity jitter): the list silently emptied",
-        args={"train": ["--train#random_transforms", "[]"]},
-    ),
-    Fault(
         "luna16_world_to_voxel_x_flipped",
         "luna16_detection",
         "infer",
