@@ -280,7 +280,8 @@ def main() -> int:
                 if row["measured"] is not None:
                     expected["bundles"][bundle][row["metric"]]["expected"] = round(row["measured"], 4)
         expected["measured_on"] = (
-            f"{m['cpu_model']}, {m['cpus']} cores, torch {m['torch']}, {time.strftime('%Y-%m-%d')}"
+            f"{m['cpu_model']} ({m.get('cpu_id', '?')}, AVX-512 {'yes' if m['bf16_flags'].get('avx512f') else 'no'}), "
+            f"{m['cpus']} cores, torch {m['torch']}, {time.strftime('%Y-%m-%d')}"
         )
         atomic_write_text(json.dumps(expected, indent=4) + "\n", args.expected)
         print(f"updated {args.expected}")
