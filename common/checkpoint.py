@@ -36,7 +36,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Read a checkpoint with ``weights_only=True``; errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+        raise CheckpointError(
+            f"{path}: checkpoint file not found; train first (run id training), or pass --ckpt_path <file> "
+            "(--bundle_root <dir> for the weights of a run elsewhere, e.g. the demo's work_dirs/demo/<bundle>)"
+        )
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files

@@ -18,6 +18,8 @@ from monai.bundle.reference_resolver import ReferenceResolver
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = sorted(p for p in (ROOT / "bundles").iterdir() if (p / "configs").is_dir())
 DETERMINISM = "$monai.utils.set_determinism(seed=@seed)"
+# the cause of a failure as the last line printed; no outputs in a folder that is not a bundle (common/errors.py)
+ERRORS = ["$common.errors.install()", "$common.errors.check_bundle_root(@bundle_root)"]
 
 
 def _json(bundle: Path, name: str) -> dict:
@@ -29,7 +31,9 @@ def test_run_ids(bundle: Path) -> None:
     """``training`` in train.json, ``evaluating`` in evaluate.json, ``run`` in inference.json; seeding in
     ``initialize``, so that every run id layered on train.json is seeded the same way."""
     train, evaluate, infer = (_json(bundle, n) for n in ("train.json", "evaluate.json", "inference.json"))
-    assert train["initialize"] == [DETERMINISM]
+    assert train["initialize"] == [*ERRORS, DETERMINISM]
+    assert infer["initialize"] == [*ERRORS, "$monai.utils.set_determinism(seed=0)"]
+    assert _json(bundle, "multi_gpu_train.json")["initialize"][:2] == ERRORS
     assert "training" in train and "run" not in train and "evaluating" not in train
     assert "evaluating" in evaluate and "run" not in evaluate and "training" not in evaluate
     assert "run" in infer and "training" not in infer and "evaluating" not in infer
@@ -154,7 +158,7 @@ def test_one_import_idiom(bundle: Path) -> None:
     imports for the files layered on it (evaluate, multi_gpu_train, demo), whose own ``imports`` would replace it."""
     configs = bundle / "configs"
     for base, layered in (("train.json", ["evaluate.json", "multi_gpu_train.json", "demo.json"]),
-                          ("inference.json", ["demo_inference.json"])):  # fmt: skip
+                          ("inference.json", ["demo.json"])):  # fmt: skip
         files = [configs / base, *(configs / f for f in layered if (configs / f).is_file())]
         data = [json.loads(f.read_text()) for f in files]
         modules = _modules_used(data)
@@ -232,3 +236,38 @@ def test_training_augments(bundle: Path, config: str) -> None:
     firing = sorted(type(t).__name__ for t in train if t.prob > 0)
     assert len(firing) >= 1, f"{bundle.name} {config}: no random augmentation with probability > 0"
     assert not _augmentations(parser.get_parsed_content("validate#preprocessing", instantiate=True))
+
+
+def _network_shapes(bundle: Path, files: list[str]) -> dict[str, tuple[int, ...]]:
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / f) for f in files])
+    parser.update({"bundle_root": str(bundle)})
+    parser.get_parsed_content("imports")
+    net = parser.get_parsed_content("network_def", instantiate=True)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_demo_overrides_fit_every_command(bundle: Path) -> None:
+    """One file, ``configs/demo.json``, makes every documented command take the demo's weights: layered on
+    train.json, evaluate.json, multi_gpu_train.json and inference.json it only sets ids those configs have (or
+    new top-level ids), and it builds the same network for training as for inference, so a demo checkpoint loads
+    into the inference/export commands with no other flag (a nested id like ``lr_scheduler#patience`` once made
+    ``inference.json`` + ``demo.json`` fail, and BraTS inference needed ``--init_filters 8``)."""
+    from conftest import activate_bundle
+
+    activate_bundle(bundle)
+    demo = _json(bundle, "demo.json")
+    for files in (["train.json"], ["train.json", "evaluate.json"], ["train.json", "multi_gpu_train.json"],
+                  ["inference.json"]):  # fmt: skip
+        merged: dict = {}
+        for f in files:
+            merged.update(_json(bundle, f))
+        for key in demo:
+            parent: object = merged
+            for part in key.split("#")[:-1]:
+                assert isinstance(parent, dict) and part in parent, f"{bundle.name}: demo.json's {key!r} on {files}"
+                parent = parent[part]
+    trained = _network_shapes(bundle, ["train.json", "demo.json"])
+    assert trained == _network_shapes(bundle, ["inference.json", "demo.json"])
+    assert trained != _network_shapes(bundle, ["inference.json"])  # the demo network really is another size

@@ -87,7 +87,7 @@ net = load(name=name, bundle_dir=bundle_dir, workflow_type="inference", key_in_c
 saved = torch.load("models/model.pt", map_location="cpu", weights_only=True)["model"]
 state = net.state_dict()
 assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in saved)
-run("run", config_file=["configs/inference.json", "configs/demo_inference.json"], dataset_dir=images,
+run("run", config_file=["configs/inference.json", "configs/demo.json"], dataset_dir=images,
     image_size=64, num_workers=0)
 print("LOADED", type(net).__name__)
 """
@@ -97,7 +97,7 @@ import torch
 from monai.bundle import ConfigParser
 
 p = ConfigParser()
-p.read_config(["configs/inference.json", "configs/demo_inference.json"])
+p.read_config(["configs/inference.json", "configs/demo.json"])
 torch.manual_seed(0)
 torch.save({"model": p.get_parsed_content("network_def").state_dict()}, "models/model.pt")
 """

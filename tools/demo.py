@@ -177,9 +177,34 @@ def run_bundle(
         configs="default recipe" if reference else "demo overrides (configs/demo*.json)",
         weights=str(work / "models" / "model.pt"),
         outputs=str(work / "inference"),
+        commands=reuse_commands(bundle, work),
     )
     write_json_atomic(result, work / "results.json", indent=2)
     return result
+
+
+def reuse_commands(bundle: Path, work: Path) -> list[str]:
+    """The documented evaluate, inference and export commands (from the repository root) that take this
+    demo's weights: the same configs plus ``configs/demo.json`` (the demo network's size) and
+    ``--bundle_root <work>`` (where ``models/model.pt`` is)."""
+    spec = load_spec(bundle)
+    root = os.path.relpath(work.resolve(), bundle.resolve())
+    data = os.path.relpath((work / "dataset").resolve(), bundle.resolve())
+
+    def show(args: list[str]) -> str:
+        args = args[1:] if args[0] == "run" else args  # "run" is the default run id
+        args = [a.replace("{dataset}", data).replace("{work}", root) for a in args]
+        return " ".join(f'"{a}"' if a.startswith("[") else a for a in args)
+
+    infer_configs = spec["infer"][spec["infer"].index("--config_file") + 1]
+    return [
+        f"cd {bundle.resolve().relative_to(ROOT)}",
+        f"python -m monai.bundle run {show(spec['evaluate'])} --dataset_dir {data} --bundle_root {root}",
+        f"python -m monai.bundle run {show(spec['infer'])} --bundle_root {root} --output_dir {root}/inference",
+        f"python -m monai.bundle ckpt_export network_def --filepath {root}/models/model.ts "
+        f"--ckpt_file {root}/models/model.pt --key_in_ckpt model --meta_file configs/metadata.json "
+        f'--config_file "{infer_configs}" --bundle_root {root}',
+    ]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -206,6 +231,10 @@ def main() -> int:
     dataset = args.dataset_dir.resolve() if args.dataset_dir else None
     rows = [run_bundle(b, args.work_dir / b.name, dataset, args.reference) for b in bundles]
     report = table(rows)
+    for row in rows:
+        if row["ok"] and "commands" in row:
+            report += f"\n\n{row['bundle']}: the documented commands with this demo's weights\n\n"
+            report += "\n".join(f"    {c}" for c in row["commands"])
     print("\nResults (synthetic data unless --dataset_dir; see each bundle's docs/README.md for the protocol)\n")
     print(report)
     atomic_write_text(report + "\n", args.work_dir / "results.md")

@@ -151,7 +151,7 @@ def synthetic_case(bundle: Path, studies: Path) -> Path:
 LABEL_OVERRIDES = {
     "luna16_detection": {"inference.json": {"val_patch_size": [128, 128, 64]}},
     "brats_segmentation": {
-        "inference.json": {"roi_size": [96, 96, 64]},
+        "inference.json": {"val_roi_size": [96, 96, 64]},
         "train.json": {"roi_size": [96, 96, 64], "val_roi_size": [96, 96, 64], "num_workers": 0},
     },
 }

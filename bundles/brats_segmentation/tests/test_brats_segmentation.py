@@ -206,10 +206,18 @@ def test_train_resume_evaluate_infer(data: dict[str, Path], tmp_path: Path) -> N
     # (benchmarks/scoring.py: label values of the edition, BraTS empty-case rule) against the raw seg file
     test_case = json.loads((work / "eval" / "datalist.json").read_text())["testing"][0]
     case_dir = Path(test_case["label"]).parent
-    inf = _workflow(_configs("inference.json"), "infer", "run", dataset_dir=str(case_dir), bundle_root=str(work),
-                    output_dir=str(tmp_path / "pred_test"), init_filters=8, roi_size=TINY["val_roi_size"])  # fmt: skip
+    # demo-trained weights run with the documented inference command plus configs/demo.json, no other flag
+    inf = _workflow(
+        _configs("inference.json", "demo.json"),
+        "infer",
+        "run",
+        dataset_dir=str(case_dir),
+        bundle_root=str(work),
+        output_dir=str(tmp_path / "pred"),
+        val_roi_size=TINY["val_roi_size"],
+    )
     inf.run()
-    written = tmp_path / "pred_test" / f"{case_dir.name}_seg.nii.gz"
+    written = tmp_path / "pred" / f"{case_dir.name}_seg.nii.gz"
     scores = score_brats_segmentations([(written, Path(test_case["label"]))], "2021")
     for region in ("TC", "WT", "ET"):
         assert metrics[f"test_dice_{region}"] == pytest.approx(scores[f"dice_{region}"], abs=1e-6), region
@@ -220,14 +228,13 @@ def test_train_resume_evaluate_infer(data: dict[str, Path], tmp_path: Path) -> N
         case = sorted(data[edition].iterdir())[0]
         out = tmp_path / f"pred{edition}"
         inf = _workflow(
-            _configs("inference.json"),
+            _configs("inference.json", "demo.json"),
             "infer",
             "run",
             dataset_dir=str(case),
             bundle_root=str(work),
             output_dir=str(out),
-            init_filters=8,
-            roi_size=[48, 48, 32],
+            val_roi_size=[48, 48, 32],
             overlay=True,
         )
         inf.run()
@@ -394,7 +401,7 @@ def test_bad_input_leaves_no_output(data: dict[str, Path], tmp_path: Path) -> No
         bundle_root=str(tmp_path),
         output_dir=str(out),
         init_filters=8,
-        roi_size=[48, 48, 32],
+        val_roi_size=[48, 48, 32],
     )
     with pytest.raises(Exception) as excinfo:
         inf.run()
@@ -475,7 +482,7 @@ def test_inference_on_single_file_writes_default_edition_labels(
         ckpt_path=str(ckpt),
         output_dir=str(tmp_path / "out"),
         init_filters=8,
-        roi_size=[48, 48, 32],
+        val_roi_size=[48, 48, 32],
         default_edition=edition,
     )
     net = inf.parser.get_parsed_content("network_def")

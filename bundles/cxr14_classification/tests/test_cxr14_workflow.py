@@ -86,7 +86,7 @@ def test_evaluate_writes_metrics(trained):
 def _infer(folder: Path, out: Path, **extra) -> list[dict[str, str]]:
     run(
         "run",
-        config_file=_configs("inference.json", "demo_inference.json"),
+        config_file=_configs("inference.json", "demo.json"),
         dataset_dir=str(folder),
         bundle_root=str(out),
         image_size=64,
