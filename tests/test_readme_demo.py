@@ -32,7 +32,7 @@ SHORT = {
 WRITES = {
     "brats_segmentation": ["eval/metrics.csv", "inference/BraTS2021_00000_seg.nii.gz"],
     "cxr14_classification": ["eval/metrics.json", "inference/predictions.csv"],
-    "luna16_detection": ["eval/froc.json", "inference/predictions.csv"],
+    "luna16_detection": ["eval/froc.json", "inference/submission.csv"],
 }
 
 
