@@ -1,6 +1,7 @@
 """A partial LUNA16 download (subset0 alone, what most people fetch first): ``prepare`` writes the evaluation
 datalist and names the found and missing subsets in one line; a root it can write nothing for is a non-zero exit
-naming the folder; a training fold with a missing subset fails naming it."""
+naming the folder; a training fold with a missing subset fails naming it; ``evaluating`` scores a model on the
+subsets chosen with ``--eval_subsets``, on a root without any training split."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.scoring import luna16_froc, read_findings, read_submission
 from scripts.prepare import LunaDataError, fold_datalist, write_datalists
 from scripts.synthetic import generate
 
@@ -147,3 +149,42 @@ def test_training_fold_needs_its_subsets(full_root: Path, subset0_root: Path, tm
     with caplog.at_level(logging.WARNING):  # a subset the model's fold trained on: not a held-out score
         assert [i["subset"] for i in eval_datalist(root, 4, fold=0)["test"]] == [4, 4, 4]
     assert "fold 0 uses (subset4 in its training split): not a held-out score" in caplog.text
+
+
+def test_evaluate_on_eval_subsets_of_a_partial_root(subset0_root: Path, tmp_path: Path) -> None:
+    """The documented command on a root holding subset0 and the annotation files only, with a seeded small
+    network whose detections cover every scan: the FROC scores exactly subset0's scans, and its CPM equals the
+    one recomputed by independent code (benchmarks/scoring.py) from the predictions and the raw CSV files."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    bundle = tmp_path / "bundle"
+    (bundle / "models").mkdir(parents=True)
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / name) for name in ("train.json", "demo.json")])
+    torch.manual_seed(0)
+    state = parser.get_parsed_content("network_def").state_dict()
+    state["classification_head.cls_logits.bias"].zero_()  # scores near 0.5: detections in every scan
+    torch.save({"model": state}, bundle / "models" / "model.pt")
+    args = ["-m", "monai.bundle", "run", "evaluating"]
+    args += ["--config_file", "['configs/train.json','configs/evaluate.json','configs/demo.json']"]
+    args += ["--dataset_dir", str(subset0_root), "--eval_subsets", "[0]", "--bundle_root", str(bundle)]
+    args += ["--validate#key_metric#test_cpm#n_bootstrap", "20"]
+    proc = _run(args)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+
+    scans = _subset0(subset0_root)
+    froc = json.loads((bundle / "eval" / "froc.json").read_text())
+    predictions = read_submission(bundle / "eval" / "predictions.csv")
+    assert sorted(predictions) == scans and froc["n_scans"] == len(scans)  # exactly subset0's series scored
+    nodules = read_findings(subset0_root / "annotations.csv")
+    excluded = read_findings(subset0_root / "annotations_excluded.csv")
+    assert froc["n_nodules"] == sum(len(nodules.get(u, [])) for u in scans) > 0
+    assert any(excluded.get(u) for u in scans) and any(not nodules.get(u) for u in scans)
+    oracle = luna16_froc(predictions, nodules, excluded, scans)
+    assert froc["cpm"] == pytest.approx(oracle["cpm"], abs=1e-9)
+    for key in ("n_detected_nodules", "n_false_positives", "max_sensitivity"):
+        assert froc[key] == pytest.approx(oracle[key]), key
+    for rate, sensitivity in froc["sensitivity_at_fp_rates"].items():
+        assert sensitivity == pytest.approx(oracle[f"sensitivity@{float(rate)}fp"], abs=1e-9), rate
+    assert oracle["n_false_positives"] > 0
