@@ -1,7 +1,10 @@
 """LUNA16 root (``subset0..9/*.mhd``, ``annotations.csv``, optional ``annotations_excluded.csv``) -> datalists.
 
 One datalist per official fold k: ``test`` = subset k, ``validation`` = subset (k+1) mod 10 (model selection),
-``training`` = the other subsets. Every item:
+``training`` = the other subsets. A root with only some subsets (a partial download, e.g. subset0 alone) gives
+``datalist_eval.json`` instead (every scan found, as ``test``, for evaluation or inference) plus the folds whose
+training and validation subsets are all there, and one log line naming the subsets found and missing; training a
+fold with a missing training or validation subset is an error naming them. Every item:
 
     {"image": ".../subsetK/<uid>.mhd", "seriesuid": uid, "subset": K,
      "box": [[x, y, z, d, d, d], ...],   # world mm, ITK/LPS, cccwhd (as annotations.csv)
@@ -18,6 +21,9 @@ Checks made before any training (each error names the file and, for CSV rows, th
   download of the subsets is common); ``strict=True`` makes that an error.
 
     python -m scripts.prepare --dataset_dir /data/LUNA16 --out_dir ./data [--resample_to /data/LUNA16_resampled]
+
+It exits non-zero, writing nothing, with a one-line message naming the folder or file on any of these errors
+and when there is nothing to write: no subset folder, no .mhd scan in them, no annotations.csv.
 
 ``--resample_to`` also writes a copy resampled to 0.703125 x 0.703125 x 1.25 mm (same layout, annotations
 unchanged because they are world coordinates); otherwise the configs resample on the fly (``resample: true``).
@@ -131,36 +137,97 @@ def read_annotations(path: str | os.PathLike, excluded: bool = False) -> dict[st
 
 
 def find_scans(dataset_dir: str | os.PathLike) -> dict[str, tuple[int, Path]]:
-    """``{seriesuid: (subset, path)}`` for every ``subsetK/*.mhd`` under the LUNA16 root."""
+    """``{seriesuid: (subset, path)}`` for every ``subsetK/*.mhd`` under the LUNA16 root (any of the subsets)."""
     root = Path(dataset_dir)
     if not root.is_dir():
         raise LunaDataError(f"{root}: dataset directory not found")
+    folders = [root / f"subset{k}" for k in range(N_FOLDS) if (root / f"subset{k}").is_dir()]
+    if not folders:
+        raise LunaDataError(
+            f"{root}: no subset0..subset9 folder; expected the LUNA16 layout (subsetK/<seriesuid>.mhd + .raw, "
+            "annotations.csv), e.g. subset0.zip unpacked here"
+        )
     scans: dict[str, tuple[int, Path]] = {}
-    for k in range(N_FOLDS):
-        for mhd in sorted((root / f"subset{k}").glob("*.mhd")):
-            scans[mhd.stem] = (k, mhd)
+    for folder in folders:
+        for mhd in sorted(folder.glob("*.mhd")):
+            scans[mhd.stem] = (int(folder.name[len("subset") :]), mhd)
     if not scans:
-        raise LunaDataError(f"{root}: no subset0..subset9/*.mhd scans found (expected the LUNA16 layout)")
+        names = ", ".join(f.name for f in folders)
+        raise LunaDataError(f"{root}: no .mhd scans in {names} (each scan is <seriesuid>.mhd + .raw; unpacked?)")
     return scans
 
 
-def build_items(dataset_dir: str | os.PathLike, outside: str = "error", strict: bool = False) -> list[dict[str, Any]]:
-    """One checked datalist item per scan under ``dataset_dir`` (all subsets)."""
+def subset_names(subsets: list[int]) -> str:
+    """``[0, 2, 3, 4, 7]`` -> ``"subset0, subset2..subset4, subset7"`` (runs of three or more shortened)."""
+    runs: list[list[int]] = []
+    for k in sorted(set(subsets)):
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    parts = []
+    for run in runs:
+        if len(run) >= 3:
+            parts.append(f"subset{run[0]}..subset{run[-1]}")
+        else:
+            parts += [f"subset{k}" for k in run]
+    return ", ".join(parts) or "none"
+
+
+def _present(scans: dict[str, tuple[int, Path]]) -> list[int]:
+    return sorted({k for k, _ in scans.values()})
+
+
+def build_items(
+    dataset_dir: str | os.PathLike,
+    outside: str = "error",
+    strict: bool = False,
+    subsets: list[int] | None = None,
+) -> list[dict[str, Any]]:
+    """One checked datalist item per scan under ``dataset_dir`` (all subsets found, or only ``subsets``, which
+    must all be there). A root with only some of the subsets is logged in one line: found, missing."""
     if outside not in ("error", "drop"):
         raise ValueError(f"outside must be 'error' or 'drop', got {outside!r}")
     root = Path(dataset_dir)
     scans = find_scans(root)
+    present = _present(scans)
+    if subsets is not None:
+        bad = [k for k in subsets if not 0 <= k < N_FOLDS]
+        if bad:
+            raise ValueError(f"subsets must be in 0..{N_FOLDS - 1}, got {bad}")
+        absent = [k for k in subsets if k not in present]
+        if absent:
+            raise LunaDataError(
+                f"{root}: {subset_names(absent)} requested but not found (found {subset_names(present)}); "
+                f"download {subset_names(absent)} of LUNA16 (https://luna16.grand-challenge.org/) into {root} or "
+                "choose subsets that are there"
+            )
     nodules = read_annotations(root / "annotations.csv")
     excluded_file = root / "annotations_excluded.csv"
     excluded = read_annotations(excluded_file, excluded=True) if excluded_file.is_file() else {}
     unknown = sorted(set(nodules) - set(scans))
+    missing = [k for k in range(N_FOLDS) if k not in present]
     if unknown:
         msg = f"{root / 'annotations.csv'}: {len(unknown)} seriesuid(s) have no scan under {root}, e.g. {unknown[:3]}"
         if strict:
             raise LunaDataError(msg)
-        logger.warning("%s; their annotations are skipped", msg)
+        if not missing:
+            logger.warning("%s; their annotations are skipped", msg)
+    if missing:  # a partial download: one line, not one per fold or per seriesuid
+        counts = ", ".join(f"subset{k} ({sum(s == k for s, _ in scans.values())} scans)" for k in present)
+        skipped = f"; annotations of {len(unknown)} seriesuid(s) without a scan skipped" if unknown else ""
+        logger.warning(
+            "LUNA16 at %s: found %s; missing %s%s. Evaluation (--eval_subsets) and inference can use the subsets "
+            "found; training fold k needs every subset but subset k",
+            root,
+            counts,
+            subset_names(missing),
+            skipped,
+        )
     items = []
     for uid, (subset, mhd) in sorted(scans.items(), key=lambda kv: (kv[1][0], kv[0])):
+        if subsets is not None and subset not in subsets:
+            continue
         header = read_mhd_header(mhd)
         kept = []
         for x, y, z, d in nodules.get(uid, []):
@@ -189,29 +256,76 @@ def build_items(dataset_dir: str | os.PathLike, outside: str = "error", strict: 
     return items
 
 
-def split_fold(items: list[dict[str, Any]], fold: int) -> dict[str, list[dict[str, Any]]]:
+def fold_subsets(fold: int) -> dict[str, list[int]]:
     """Official fold ``fold``: test = subset fold, validation = subset fold+1 (mod 10), training = the rest."""
     if not 0 <= fold < N_FOLDS:
         raise ValueError(f"fold must be 0..9, got {fold}")
     val = (fold + 1) % N_FOLDS
-    split = {
-        "training": [i for i in items if i["subset"] not in (fold, val)],
-        "validation": [i for i in items if i["subset"] == val],
-        "test": [i for i in items if i["subset"] == fold],
-    }
-    for name, part in split.items():
-        if not part:
-            raise LunaDataError(f"fold {fold}: the {name} split is empty (missing subset folders?)")
-    return split
+    return {"training": [k for k in range(N_FOLDS) if k not in (fold, val)], "validation": [val], "test": [fold]}
+
+
+def check_fold(present: list[int], fold: int, where: str | os.PathLike = "the dataset") -> None:
+    """A fold trains on all of its training subsets and selects the model on its validation subset: each missing
+    one is an error naming it (training on fewer subsets, or on none, is not the official fold)."""
+    parts = fold_subsets(fold)
+    missing = [k for k in parts["training"] + parts["validation"] if k not in present]
+    if missing:
+        raise LunaDataError(
+            f"{where}: fold {fold} cannot train: it trains on {subset_names(parts['training'])} and validates on "
+            f"{subset_names(parts['validation'])}, but {subset_names(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing (found {subset_names(present)}). Download "
+            f"{subset_names(missing)} of LUNA16 (https://luna16.grand-challenge.org/) into {where}; to score a "
+            f'trained model on the subsets you have: evaluating with --eval_subsets "{present}"'
+        )
+
+
+def split_fold(items: list[dict[str, Any]], fold: int) -> dict[str, list[dict[str, Any]]]:
+    """Official fold ``fold`` (``fold_subsets``); its training and validation subsets must all have scans
+    (``check_fold``); the test split may be empty (its subset is only needed to evaluate)."""
+    parts = fold_subsets(fold)
+    check_fold(sorted({i["subset"] for i in items}), fold)
+    return {name: [i for i in items if i["subset"] in ks] for name, ks in parts.items()}
 
 
 def fold_datalist(dataset_dir: str | os.PathLike, fold: int = 0, outside: str = "error") -> dict[str, Any]:
     """Datalist of one fold, built from the real layout; what the configs call with ``dataset_dir``."""
+    check_fold(_present(find_scans(dataset_dir)), fold, dataset_dir)  # before reading every header
     out: dict[str, Any] = {"coordinates": COORDINATES, "fold": fold}
     out.update(split_fold(build_items(dataset_dir, outside=outside), fold))
     counts = ", ".join(f"{k} {len(out[k])}" for k in ("training", "validation", "test"))
     logger.info("LUNA16 at %s, fold %d: %s scans", dataset_dir, fold, counts)
     return out
+
+
+def eval_datalist(
+    dataset_dir: str | os.PathLike,
+    subsets: int | list[int],
+    fold: int | None = None,
+    outside: str = "error",
+) -> dict[str, Any]:
+    """Every scan of ``subsets`` as ``test`` (what ``evaluate.json`` scores, ``eval_subsets``): needs only these
+    subsets and annotations.csv under ``dataset_dir``, no training split. With ``fold``, subsets that the fold
+    trains or selects the model on are named in a warning (the score would not be held out)."""
+    subsets = sorted({int(k) for k in ([subsets] if isinstance(subsets, int) else subsets)})
+    if not subsets:
+        raise ValueError("no subsets to evaluate (eval_subsets is empty)")
+    items = build_items(dataset_dir, outside=outside, subsets=subsets)
+    if fold is not None:
+        parts = fold_subsets(fold)
+        seen = {name: [k for k in subsets if k in parts[name]] for name in ("training", "validation")}
+        if any(seen.values()):
+            roles = ", ".join(f"{subset_names(ks)} in its {name} split" for name, ks in seen.items() if ks)
+            logger.warning(
+                "evaluating on subsets that fold %d uses (%s): not a held-out score for a model trained on fold %d "
+                "(--fold names the model's fold)",
+                fold,
+                roles,
+                fold,
+            )
+    n_nodules = sum(len(i["nodules"]) for i in items)
+    logger.info("LUNA16 at %s, evaluation on %s: %d scans, %d nodules", dataset_dir, subset_names(subsets),
+                len(items), n_nodules)  # fmt: skip
+    return {"coordinates": COORDINATES, "subsets": subsets, "test": items}
 
 
 def inference_items(input_path: str | os.PathLike, subsets: list[int] | None = None) -> list[dict[str, Any]]:
@@ -243,19 +357,25 @@ def inference_items(input_path: str | os.PathLike, subsets: list[int] | None = N
 
 
 def write_datalists(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, outside: str = "error") -> list[Path]:
-    """Write ``datalist_fold{k}.json`` for every fold whose subsets exist; returns the files written."""
+    """Write ``datalist_fold{k}.json`` for every fold whose training and validation subsets are all there and, when
+    some subsets are missing, ``datalist_eval.json`` (every scan found, as ``test``: for evaluation or inference
+    on the subsets found); returns the files written. No scan, or no annotations.csv, is a LunaDataError."""
     items = build_items(dataset_dir, outside=outside)
+    present = sorted({i["subset"] for i in items})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for fold in range(N_FOLDS):
         try:
             split = split_fold(items, fold)
-        except LunaDataError as e:
-            logger.warning("%s; datalist not written", e)
-            continue
+        except LunaDataError:
+            continue  # the partial download is logged once by build_items
         target = out / f"datalist_fold{fold}.json"
         write_json_atomic({"coordinates": COORDINATES, "fold": fold, **split}, target)
+        written.append(target)
+    if len(present) < N_FOLDS:
+        target = out / "datalist_eval.json"
+        write_json_atomic({"coordinates": COORDINATES, "subsets": present, "test": items}, target)
         written.append(target)
     return written
 
@@ -320,9 +440,13 @@ def main() -> None:
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO)
     root = a.dataset_dir
-    if a.resample_to:
-        root = resample_dataset(a.dataset_dir, a.resample_to, tuple(a.spacing))
-    for f in write_datalists(root, a.out_dir, a.outside):
+    try:
+        if a.resample_to:
+            root = resample_dataset(a.dataset_dir, a.resample_to, tuple(a.spacing))
+        written = write_datalists(root, a.out_dir, a.outside)
+    except LunaDataError as e:
+        raise SystemExit(f"scripts.prepare: error: {e}; no datalist written") from None
+    for f in written:
         print(f)
 
 
