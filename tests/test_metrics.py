@@ -10,7 +10,6 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
-from scipy.spatial.distance import cdist
 
 from common.metrics import (
     BRATS_EMPTY_HD,
@@ -19,27 +18,7 @@ from common.metrics import (
     region_iou,
     spacings_of,
 )
-
-
-def brute_surface_points(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
-    """Surface voxels by explicit face-neighbour checks (zero padding), as physical coordinates."""
-    padded = np.pad(mask, 1)
-    inner = tuple(slice(1, -1) for _ in range(mask.ndim))
-    on_surface = np.zeros_like(mask)
-    for axis in range(mask.ndim):
-        for shift in (-1, 1):
-            neighbour = np.roll(padded, shift, axis=axis)[inner]
-            on_surface |= mask & ~neighbour
-    return np.argwhere(on_surface) * np.asarray(spacing)
-
-
-def brute_hausdorff(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...], percentile: float | None) -> float:
-    pa, pb = brute_surface_points(a, spacing), brute_surface_points(b, spacing)
-    d = cdist(pa, pb)
-    d_ab, d_ba = d.min(axis=1), d.min(axis=0)
-    if percentile is None:
-        return max(d_ab.max(), d_ba.max())
-    return max(np.percentile(d_ab, percentile), np.percentile(d_ba, percentile))
+from tests.oracles import brute_hausdorff
 
 
 def random_blob(rng: np.random.Generator, shape: tuple[int, ...], fill: float) -> np.ndarray:
