@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
-from monai.data import MetaTensor
+from monai.data import MetaTensor, list_data_collate
 
 from scripts.lesion_wise import FP_HD, LesionWise, LesionWiseMetric, lesion_wise_scores, reference_lesions
 from tests.oracles import brute_hausdorff
@@ -186,6 +186,33 @@ def test_metric_reads_spacing_from_the_affine_and_keeps_double_precision() -> No
     dice = LesionWiseMetric()
     dice(batch(pred2), batch(ref2))
     assert dice.aggregate().dtype == torch.float64 and dice.aggregate().tolist() == [1 / 3]
+
+
+@pytest.mark.parametrize(
+    "spacings",
+    [((0.7, 0.7, 2.5), (1.0, 1.0, 1.0)), ((1.0, 1.0, 1.0), (0.7, 0.7, 2.5))],
+    ids=["anisotropic_first", "isotropic_first"],
+)
+def test_metric_scores_a_collated_batch_of_mixed_spacings_per_case(spacings: tuple[tuple[float, ...], ...]) -> None:
+    """A batch collated by MONAI (as a DataLoader does) from the same lesion at 0.7x0.7x2.5 mm and at 1 mm: each
+    case's lesion-wise HD95 is the brute-force one at its own spacing (not the first case's), exactly what the case
+    scores alone."""
+    pred, ref = balls()  # one lesion, matched by one predicted component: lesion-wise HD95 = HD95 of the pair
+    expected = [brute_hausdorff(pred, ref, s, 95) for s in spacings]
+    assert expected[0] != pytest.approx(expected[1])
+    collated = list_data_collate(
+        [{"pred": batch(pred, spacing=s)[0], "label": batch(ref, spacing=s)[0]} for s in spacings]
+    )
+    metric = LesionWiseMetric("hd95")
+    metric(collated["pred"], collated["label"])
+    together = metric.get_buffer()[:, 0].tolist()
+    alone = []
+    for s in spacings:
+        single = LesionWiseMetric("hd95")
+        single(batch(pred, spacing=s), batch(ref, spacing=s))
+        alone.append(float(single.get_buffer()[0, 0]))
+    assert together == alone
+    assert together == pytest.approx(expected, rel=1e-5)
 
 
 def test_metric_input_errors() -> None:
