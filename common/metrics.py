@@ -50,7 +50,13 @@ def region_iou(empty_rule: EmptyRule = "brats") -> MeanIoU:
 
 def spacings_of(image: torch.Tensor) -> list[tuple[float, ...]]:
     """Voxel spacing (mm) of each case of a (B, C, spatial...) batch from its affine (column norms); 1 mm when
-    the tensor carries no affine."""
+    the tensor carries no affine.
+
+    MONAI's collate (``DataLoader``, ``list_data_collate``) gives a batch one affine per case, (B, 4, 4). A single
+    (4, 4) affine is taken as shared by every case: nothing tells it from the first case's affine that
+    ``torch.stack``/``torch.cat`` of MetaTensors keep (MONAI copies the first input's metadata), so cases of
+    different spacings must be batched by MONAI's collate or passed as a list of channel-first tensors.
+    """
     spatial_dims, batch = image.ndim - 2, image.shape[0]
     affine = getattr(image, "affine", None)
     if affine is None:

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
-from monai.data import MetaTensor
-from scipy.spatial.distance import cdist
+from monai.data import MetaTensor, list_data_collate
 
 from common.metrics import (
     BRATS_EMPTY_HD,
@@ -19,27 +18,7 @@ from common.metrics import (
     region_iou,
     spacings_of,
 )
-
-
-def brute_surface_points(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
-    """Surface voxels by explicit face-neighbour checks (zero padding), as physical coordinates."""
-    padded = np.pad(mask, 1)
-    inner = tuple(slice(1, -1) for _ in range(mask.ndim))
-    on_surface = np.zeros_like(mask)
-    for axis in range(mask.ndim):
-        for shift in (-1, 1):
-            neighbour = np.roll(padded, shift, axis=axis)[inner]
-            on_surface |= mask & ~neighbour
-    return np.argwhere(on_surface) * np.asarray(spacing)
-
-
-def brute_hausdorff(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...], percentile: float | None) -> float:
-    pa, pb = brute_surface_points(a, spacing), brute_surface_points(b, spacing)
-    d = cdist(pa, pb)
-    d_ab, d_ba = d.min(axis=1), d.min(axis=0)
-    if percentile is None:
-        return max(d_ab.max(), d_ba.max())
-    return max(np.percentile(d_ab, percentile), np.percentile(d_ba, percentile))
+from tests.oracles import brute_hausdorff
 
 
 def random_blob(rng: np.random.Generator, shape: tuple[int, ...], fill: float) -> np.ndarray:
@@ -191,6 +170,41 @@ def test_each_case_is_measured_with_its_own_spacing() -> None:
     assert got[0] != pytest.approx(got[1])
 
 
+MIXED_SPACINGS = ((0.7, 0.7, 2.5), (1.0, 1.0, 1.0))  # the issue's anisotropic case and a 1 mm case
+
+
+def mixed_spacing_cases() -> list[tuple[np.ndarray, np.ndarray, tuple[float, ...]]]:
+    """(prediction, reference, spacing) of two cases whose distances change with the spacing: scored with the
+    other case's spacing, either case gets another HD95 and another maximum (asserted)."""
+    rng = np.random.default_rng(11)
+    cases = []
+    for spacing, other in zip(MIXED_SPACINGS, MIXED_SPACINGS[::-1]):
+        a, b = (random_blob(rng, (16, 14, 10), 0.2) for _ in range(2))
+        for percentile in (95.0, None):
+            assert brute_hausdorff(a, b, spacing, percentile) != pytest.approx(brute_hausdorff(a, b, other, percentile))
+        cases.append((a, b, spacing))
+    return cases
+
+
+@pytest.mark.parametrize("percentile", [95.0, None])
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)], ids=["anisotropic_first", "isotropic_first"])
+def test_collated_batch_of_mixed_spacings_scores_each_case_as_alone(
+    order: tuple[int, int], percentile: float | None
+) -> None:
+    """A batch collated by MONAI (as a DataLoader does) from a 0.7x0.7x2.5 mm case and a 1 mm case: each case
+    scores exactly what it scores alone, and the brute-force distance at its own spacing (not the first case's)."""
+    both = mixed_spacing_cases()
+    cases = [both[i] for i in order]
+    batch = list_data_collate([{"pred": _one(a, s)[0], "label": _one(b, s)[0]} for a, b, s in cases])
+    assert spacings_of(batch["pred"]) == [pytest.approx(s) for *_, s in cases]
+    metric = RegionHausdorffMetric(percentile)
+    metric(batch["pred"], batch["label"])
+    together = metric.get_buffer()[:, 0].tolist()
+    alone = [_score(RegionHausdorffMetric(percentile), a, b, s) for a, b, s in cases]
+    assert together == alone
+    assert together == pytest.approx([brute_hausdorff(a, b, s, percentile) for a, b, s in cases], rel=1e-5)
+
+
 def test_spacing_read_from_affine() -> None:
     rotation = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
     affine = torch.eye(4, dtype=torch.float64)
@@ -208,12 +222,13 @@ SPACING = (0.9, 1.1, 2.0)
 REGIONS = ["TC", "WT", "ET"]
 
 
-def make_cases(n: int = 5, seed: int = 0) -> list[dict]:
-    """Channel-first binary masks; the 'image' is the prediction itself (identity network)."""
+def make_cases(n: int = 5, seed: int = 0, spacings: list[tuple[float, ...]] | None = None) -> list[dict]:
+    """Channel-first binary masks; the 'image' is the prediction itself (identity network). Every case at
+    ``SPACING`` unless ``spacings`` gives one per case."""
     rng = np.random.default_rng(seed)
-    affine = torch.diag(torch.tensor([*SPACING, 1.0], dtype=torch.float64))
     cases = []
     for i in range(n):
+        affine = torch.diag(torch.tensor([*(spacings[i] if spacings else SPACING), 1.0], dtype=torch.float64))
         pred = np.zeros((3, 20, 18, 12), bool)
         ref = np.zeros_like(pred)
         for c in range(3):
@@ -302,6 +317,33 @@ def test_handlers_report_each_region(rule: str) -> None:
     else:
         assert torch.isnan(evaluator.state.metric_details["val_dice"][1, 2])
     assert evaluator.state.best_metric == pytest.approx(metrics["val_dice"])
+
+
+def test_handlers_score_a_collated_batch_of_mixed_spacings_per_case() -> None:
+    """Batches of two mixing 0.7x0.7x2.5 mm and 1 mm cases, handed to the handlers collated (decollate=False): each
+    case's HD95 is the brute-force one at its own spacing, exactly what the same case scores in a batch of one."""
+    spacings = [(0.7, 0.7, 2.5), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), (0.7, 0.7, 2.5)]
+    cases = make_cases(4, spacings=spacings)
+
+    def hd95_details(batch_size: int) -> list[list[float]]:
+        config = dict(CONFIG, cases=cases, empty_rule="brats")
+        config["dataloader"] = dict(CONFIG["dataloader"], batch_size=batch_size)
+        config["evaluator"] = dict(CONFIG["evaluator"], decollate=False)
+        evaluator = ConfigParser(config).get_parsed_content("evaluator")
+        evaluator.run()
+        return evaluator.state.metric_details["val_hd95"].tolist()
+
+    def table(case_spacings: list[tuple[float, ...]]) -> np.ndarray:
+        masks = [(c["image"].numpy() > 0, c["label"].numpy() > 0) for c in cases]
+        return np.array(
+            [[brute_hd(p[k], r[k], s, 95, "brats") for k in range(3)] for (p, r), s in zip(masks, case_spacings)]
+        )
+
+    in_pairs = hd95_details(2)
+    assert in_pairs == hd95_details(1)
+    np.testing.assert_allclose(in_pairs, table(spacings), rtol=1e-5)
+    # the second case of each batch scores differently at the first case's spacing: the test can tell
+    assert not np.allclose(table(spacings), table([spacings[0]] * 2 + [spacings[2]] * 2), rtol=1e-5)
 
 
 def test_region_count_mismatch_is_reported() -> None:

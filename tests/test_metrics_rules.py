@@ -15,29 +15,10 @@ from ignite.engine import Engine
 from monai.data import MetaTensor
 from monai.metrics import HausdorffDistanceMetric
 from scipy import ndimage
-from scipy.spatial.distance import cdist
 
 from common.handlers import RegionDice, RegionHausdorff, RegionIoU, RegionMetricHandler
 from common.metrics import BRATS_EMPTY_HD, RegionHausdorffMetric, region_dice, spacings_of
-
-
-def surface_points(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
-    """Voxels with a face neighbour outside the mask (zero padding), in mm."""
-    padded = np.pad(mask, 1)
-    inner = tuple(slice(1, -1) for _ in range(mask.ndim))
-    edge = np.zeros_like(mask)
-    for axis in range(mask.ndim):
-        for shift in (-1, 1):
-            edge |= mask & ~np.roll(padded, shift, axis=axis)[inner]
-    return np.argwhere(edge) * np.asarray(spacing)
-
-
-def brute_hd(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...], percentile: float | None) -> float:
-    d = cdist(surface_points(a, spacing), surface_points(b, spacing))
-    ab, ba = d.min(axis=1), d.min(axis=0)
-    if percentile is None:
-        return float(max(ab.max(), ba.max()))
-    return float(max(np.percentile(ab, percentile), np.percentile(ba, percentile)))
+from tests.oracles import brute_hausdorff
 
 
 def blobs(seed: int = 1, shape: tuple[int, ...] = (14, 12, 10)) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +51,7 @@ CUBE[2:5, 2:5, 2:5] = True
 
 def test_oracle_separates_the_percentiles() -> None:
     a, b = blobs()
-    values = [brute_hd(a, b, (1.0, 1.0, 1.0), p) for p in (95, 96, None)]
+    values = [brute_hausdorff(a, b, (1.0, 1.0, 1.0), p) for p in (95, 96, None)]
     assert len(set(values)) == 3, values  # so the tests below can tell HD95 from HD96 and from the maximum
 
 
@@ -81,7 +62,7 @@ def test_default_hausdorff_is_hd95_with_the_brats_rule() -> None:
     a, b = blobs()
     metric = RegionHausdorffMetric()
     metric(case(a), case(b))
-    assert float(metric.get_buffer()[0, 0]) == pytest.approx(brute_hd(a, b, (1.0, 1.0, 1.0), 95), rel=1e-5)
+    assert float(metric.get_buffer()[0, 0]) == pytest.approx(brute_hausdorff(a, b, (1.0, 1.0, 1.0), 95), rel=1e-5)
     metric.reset()
     metric(case(EMPTY, CUBE), case(EMPTY, EMPTY))  # both empty -> 0; prediction only -> the volume diagonal
     assert metric.get_buffer()[:, 0].tolist() == pytest.approx([0.0, BRATS_EMPTY_HD])
@@ -101,7 +82,7 @@ def test_fixed_spacing_applies_to_every_case_of_a_batch() -> None:
     a, b = blobs()
     metric = RegionHausdorffMetric(None, spacing=(2.0, 1.0, 1.0))
     metric(case(a, b), case(b, a))  # two cases, one channel; the affine (1 mm) is overridden
-    expected = brute_hd(a, b, (2.0, 1.0, 1.0), None)
+    expected = brute_hausdorff(a, b, (2.0, 1.0, 1.0), None)
     assert metric.get_buffer()[:, 0].tolist() == pytest.approx([expected, expected], rel=1e-5)
 
 
@@ -152,7 +133,7 @@ def test_hausdorff_handler_defaults_to_hd95_and_the_brats_rule() -> None:
     empty, cube = np.zeros_like(a), np.zeros_like(a)
     cube[2:5, 2:5, 2:5] = True
     engine = run_handler(RegionHausdorff(["WT"]), case(a, empty, empty), case(b, empty, cube), "hd")
-    hd95 = brute_hd(a, b, (1.0, 1.0, 1.0), 95)
+    hd95 = brute_hausdorff(a, b, (1.0, 1.0, 1.0), 95)
     assert engine.state.metric_details["hd"][:, 0].tolist() == pytest.approx([hd95, 0.0, BRATS_EMPTY_HD], rel=1e-5)
     assert engine.state.metrics["hd_WT"] == pytest.approx((hd95 + BRATS_EMPTY_HD) / 3, rel=1e-5)
 
@@ -160,7 +141,7 @@ def test_hausdorff_handler_defaults_to_hd95_and_the_brats_rule() -> None:
 def test_hausdorff_handler_passes_percentile_and_spacing() -> None:
     a, b = blobs()
     engine = run_handler(RegionHausdorff(["WT"], percentile=None, spacing=(2.0, 1.0, 1.0)), case(a), case(b), "hd")
-    assert engine.state.metrics["hd_WT"] == pytest.approx(brute_hd(a, b, (2.0, 1.0, 1.0), None), rel=1e-5)
+    assert engine.state.metrics["hd_WT"] == pytest.approx(brute_hausdorff(a, b, (2.0, 1.0, 1.0), None), rel=1e-5)
 
 
 def test_hausdorff_handler_passes_the_nan_rule() -> None:

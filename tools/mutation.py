@@ -19,7 +19,9 @@ Why a staged run per group instead of one ``[tool.mutmut]`` section in the repos
 - mutmut names a mutant after the file's path relative to where it runs (``scripts/froc.py`` ->
   ``scripts.froc.x_match_scan__mutmut_3``), which matches the trampolines' ``__module__`` only from the bundle's
   root; ``common`` is copied next to it and ``PYTHONPATH`` cleared so the editable install's ``common`` (the
-  repository's, unmutated) is not the one imported.
+  repository's, unmutated) is not the one imported;
+- test helpers shared across the repository (``tests/oracles.py``, imported as ``tests.oracles``) are copied to the
+  same path in the staging directory, beside the group's tests (mutmut copies ``tests/`` into ``mutants/``).
 
 Equivalent mutants are listed in ``tools/mutation_equivalent.json`` as ``{"<mutant>": "`<old>` -> `<new>`: why"}``.
 The code fragments are checked against the mutant's diff, so an entry left behind after the code (and mutmut's
@@ -60,6 +62,7 @@ class Group:
     modules: tuple[str, ...]  # relative to root
     tests: tuple[str, ...]  # relative to root
     copy: tuple[str, ...]  # relative to root: source packages the tests import (the first is mutmut's source path)
+    shared: tuple[str, ...] = ()  # repository-relative test helpers the tests import, staged at the same path
 
 
 GROUPS: dict[str, Group] = {
@@ -68,6 +71,7 @@ GROUPS: dict[str, Group] = {
         modules=("common/metrics.py", "common/handlers.py"),
         tests=("tests/test_metrics.py", "tests/test_metrics_rules.py"),
         copy=("common",),
+        shared=("tests/oracles.py",),
     ),
     "luna16_detection": Group(
         root="bundles/luna16_detection",
@@ -97,6 +101,7 @@ GROUPS: dict[str, Group] = {
             "tests/test_lesion_wise_rules.py",
         ),
         copy=("scripts", "../../common"),
+        shared=("tests/oracles.py",),
     ),
 }
 
@@ -159,6 +164,11 @@ def stage(name: str, group: Group, work: Path) -> Path:
             raise FileNotFoundError(f"{name}: test file {group.root}/{rel} is missing")
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / rel, dest / rel)
+    for rel in group.shared:
+        if not (ROOT / rel).is_file():
+            raise FileNotFoundError(f"{name}: shared test helper {rel} is missing")
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest / rel)
 
     def toml_list(values: tuple[str, ...] | list[str]) -> str:
         return json.dumps(list(values))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
-from monai.data import MetaTensor
-from scipy.spatial.distance import cdist
+from monai.data import MetaTensor, list_data_collate
 
 from scripts.lesion_wise import FP_HD, LesionWise, LesionWiseMetric, lesion_wise_scores, reference_lesions
+from tests.oracles import brute_hausdorff
 
 SHAPE = (40, 40, 30)
 
@@ -27,24 +27,6 @@ def voxels(*points: tuple[int, int, int]) -> np.ndarray:
 def box(mask: np.ndarray, lo: tuple[int, int, int], hi: tuple[int, int, int]) -> np.ndarray:
     mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = True
     return mask
-
-
-def surface(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
-    padded = np.pad(mask, 1)
-    inner = tuple(slice(1, -1) for _ in range(mask.ndim))
-    edge = np.zeros_like(mask)
-    for axis in range(mask.ndim):
-        for shift in (-1, 1):
-            edge |= mask & ~np.roll(padded, shift, axis=axis)[inner]
-    return np.argwhere(edge) * np.asarray(spacing)
-
-
-def brute_hd(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...], percentile: float | None) -> float:
-    d = cdist(surface(a, spacing), surface(b, spacing))
-    ab, ba = d.min(axis=1), d.min(axis=0)
-    if percentile is None:
-        return float(max(ab.max(), ba.max()))
-    return float(max(np.percentile(ab, percentile), np.percentile(ba, percentile)))
 
 
 def balls() -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +82,9 @@ def test_default_dilation_is_three() -> None:
     pred = box(np.zeros(SHAPE, bool), (17, 10, 10), (21, 14, 14))
     assert lesion_wise_scores(pred, ref) == {"dice": 0.0, "hd95": FP_HD, "lesions": 1, "false_positives": 1}
     matched = lesion_wise_scores(pred, ref, dilation_iterations=4)
-    assert matched["false_positives"] == 0 and matched["hd95"] == pytest.approx(brute_hd(pred, ref, (1, 1, 1), 95))
+    assert matched["false_positives"] == 0 and matched["hd95"] == pytest.approx(
+        brute_hausdorff(pred, ref, (1, 1, 1), 95)
+    )
 
 
 def test_reference_lesion_labels() -> None:
@@ -133,16 +117,16 @@ def test_a_small_lesion_does_not_stop_the_scoring_of_the_next() -> None:
 
 def test_lesion_dice_and_hd95_in_mm_by_brute_force() -> None:
     pred, ref = balls()
-    values = [brute_hd(pred, ref, SPACING, p) for p in (95, 96, None)]
+    values = [brute_hausdorff(pred, ref, SPACING, p) for p in (95, 96, None)]
     assert len(set(values)) == 3, values
     got = lesion_wise_scores(pred, ref, spacing=SPACING)
     assert got["dice"] == pytest.approx(2 * (pred & ref).sum() / (pred.sum() + ref.sum()), rel=1e-6)
     assert got["hd95"] == pytest.approx(values[0], rel=1e-5)
     assert lesion_wise_scores(pred, ref, spacing=SPACING, percentile=50)["hd95"] == pytest.approx(
-        brute_hd(pred, ref, SPACING, 50), rel=1e-5
+        brute_hausdorff(pred, ref, SPACING, 50), rel=1e-5
     )
     at_1mm = lesion_wise_scores(pred, ref)
-    assert at_1mm["hd95"] == pytest.approx(brute_hd(pred, ref, (1.0, 1.0, 1.0), 95), rel=1e-5)
+    assert at_1mm["hd95"] == pytest.approx(brute_hausdorff(pred, ref, (1.0, 1.0, 1.0), 95), rel=1e-5)
 
 
 def test_case_score_averages_lesions_and_false_positives() -> None:
@@ -157,7 +141,7 @@ def test_case_score_averages_lesions_and_false_positives() -> None:
     )
     lesion2 = box(np.zeros(SHAPE, bool), (20, 20, 10), (26, 26, 16))
     d2 = 2 * (shifted & lesion2).sum() / (shifted.sum() + lesion2.sum())
-    h2 = brute_hd(shifted, lesion2, (1.0, 1.0, 1.0), 95)
+    h2 = brute_hausdorff(shifted, lesion2, (1.0, 1.0, 1.0), 95)
     got = lesion_wise_scores(pred, ref)
     assert (got["lesions"], got["false_positives"]) == (2, 1)
     assert got["dice"] == pytest.approx((1 + d2) / 3, rel=1e-6)
@@ -195,13 +179,40 @@ def test_metric_reads_spacing_from_the_affine_and_keeps_double_precision() -> No
     pred, ref = balls()
     metric = LesionWiseMetric("hd95")
     metric(batch(pred, spacing=SPACING), batch(ref, spacing=SPACING))
-    assert float(metric.aggregate()[0]) == pytest.approx(brute_hd(pred, ref, SPACING, 95), rel=1e-5)
+    assert float(metric.aggregate()[0]) == pytest.approx(brute_hausdorff(pred, ref, SPACING, 95), rel=1e-5)
     # lesion found exactly + one false positive + one missed lesion: Dice exactly 1/3 in float64
     ref2 = box(box(np.zeros(SHAPE, bool), (2, 2, 2), (6, 6, 6)), (20, 20, 10), (26, 26, 16))
     pred2 = box(box(np.zeros(SHAPE, bool), (2, 2, 2), (6, 6, 6)), (2, 30, 22), (5, 33, 25))
     dice = LesionWiseMetric()
     dice(batch(pred2), batch(ref2))
     assert dice.aggregate().dtype == torch.float64 and dice.aggregate().tolist() == [1 / 3]
+
+
+@pytest.mark.parametrize(
+    "spacings",
+    [((0.7, 0.7, 2.5), (1.0, 1.0, 1.0)), ((1.0, 1.0, 1.0), (0.7, 0.7, 2.5))],
+    ids=["anisotropic_first", "isotropic_first"],
+)
+def test_metric_scores_a_collated_batch_of_mixed_spacings_per_case(spacings: tuple[tuple[float, ...], ...]) -> None:
+    """A batch collated by MONAI (as a DataLoader does) from the same lesion at 0.7x0.7x2.5 mm and at 1 mm: each
+    case's lesion-wise HD95 is the brute-force one at its own spacing (not the first case's), exactly what the case
+    scores alone."""
+    pred, ref = balls()  # one lesion, matched by one predicted component: lesion-wise HD95 = HD95 of the pair
+    expected = [brute_hausdorff(pred, ref, s, 95) for s in spacings]
+    assert expected[0] != pytest.approx(expected[1])
+    collated = list_data_collate(
+        [{"pred": batch(pred, spacing=s)[0], "label": batch(ref, spacing=s)[0]} for s in spacings]
+    )
+    metric = LesionWiseMetric("hd95")
+    metric(collated["pred"], collated["label"])
+    together = metric.get_buffer()[:, 0].tolist()
+    alone = []
+    for s in spacings:
+        single = LesionWiseMetric("hd95")
+        single(batch(pred, spacing=s), batch(ref, spacing=s))
+        alone.append(float(single.get_buffer()[0, 0]))
+    assert together == alone
+    assert together == pytest.approx(expected, rel=1e-5)
 
 
 def test_metric_input_errors() -> None:
@@ -234,7 +245,7 @@ def test_handler_defaults_and_details() -> None:
     assert (m["lw_TC"], m["lw_ET"]) == pytest.approx((50 / 76, 0.0))
     assert m["lw"] == pytest.approx(25 / 76)
     # 60 mm^3: the 51-voxel lesion is not scored (HD 0); 4 dilations: the far prediction is matched
-    assert (m["lw_hd_TC"], m["lw_hd_ET"]) == pytest.approx((0.0, brute_hd(far, ref, (1.0, 1.0, 1.0), 95)))
+    assert (m["lw_hd_TC"], m["lw_hd_ET"]) == pytest.approx((0.0, brute_hausdorff(far, ref, (1.0, 1.0, 1.0), 95)))
     assert m["lw_hd3_ET"] == FP_HD
     assert engine.state.metric_details["lw"].shape == (1, 2)
     assert "quiet" not in engine.state.metric_details and m["quiet"] == m["lw"]
