@@ -151,7 +151,7 @@ def crop_lever_overrides() -> dict[str, Any]:
     return {
         "inferer#inferer": {
             "_target_": "benchmarks.speed.crop_inferer.ForegroundCropInferer",
-            "roi_size": "@roi_size",
+            "roi_size": "@val_roi_size",
             "sw_batch_size": 1,
             "overlap": 0.5,
             "margin": 8,
@@ -252,7 +252,7 @@ def child_main(args: Any) -> None:
     work = Path(args.work_dir)
     sz = sizes(args.smoke)
     if args.smoke:
-        SMOKE_OVERRIDES["roi_size"] = sz["ref_roi"]
+        SMOKE_OVERRIDES["val_roi_size"] = sz["ref_roi"]
     state = torch.load(args.child_state, weights_only=True)
     data_root = work / "data"
     case_dir = data_root / "BraTS2021_00000"
@@ -321,7 +321,7 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
     work, machine, peak = harness.start(args, "brats")
     sz = sizes(args.smoke)
     if args.smoke:
-        SMOKE_OVERRIDES["roi_size"] = sz["ref_roi"]
+        SMOKE_OVERRIDES["val_roi_size"] = sz["ref_roi"]
     log = print
     t = time.perf_counter()
     data_root = make_data(work, sz["case"], sz["n_cases"])
