@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from benchmarks.scoring import luna16_froc, read_findings, read_submission
-from scripts.prepare import LunaDataError, fold_datalist, write_datalists
 from scripts.synthetic import generate
 
 BUNDLE = Path(__file__).resolve().parents[1]
@@ -125,6 +124,9 @@ def test_prepare_with_nothing_to_write_exits_nonzero(
 
 
 def test_training_fold_needs_its_subsets(full_root: Path, subset0_root: Path, tmp_path: Path, caplog) -> None:
+    # the scripts package imported now (other bundles' tests re-import it): its error class is the one raised
+    from scripts.prepare import LunaDataError, eval_datalist, fold_datalist, write_datalists
+
     # subset0 alone: fold 0 validates on subset1 and trains on subset2..9, all missing
     with pytest.raises(LunaDataError) as e:
         fold_datalist(subset0_root, fold=0)
@@ -142,7 +144,6 @@ def test_training_fold_needs_its_subsets(full_root: Path, subset0_root: Path, tm
     assert [p.name for p in write_datalists(root, tmp_path / "data")] == ["datalist_fold5.json", "datalist_eval.json"]
     dl = fold_datalist(root, fold=5)
     assert dl["test"] == [] and {i["subset"] for i in dl["training"]} == {0, 1, 2, 3, 4, 7, 8, 9}
-    from scripts.prepare import eval_datalist
 
     with pytest.raises(LunaDataError, match=r"subset5 requested but not found \(found subset0..subset4, subset6"):
         eval_datalist(root, [4, 5])
