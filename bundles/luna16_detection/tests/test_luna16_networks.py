@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -55,7 +56,9 @@ def test_inference_config_wraps_network_def() -> None:
         "n_input_channels=1, conv1_t_stride=[2, 2, 1], conv1_t_size=[7, 7, 7], feed_forward=False)"
     )
     wrapped = parser.get_parsed_content("network_logits_def")
-    assert isinstance(wrapped, AnchorLogits) and wrapped.network is parser.get_parsed_content("network_def")
+    # the class as imported now: another bundle's tests in the same session may have re-imported `scripts`
+    current = importlib.import_module("scripts.networks").AnchorLogits
+    assert isinstance(wrapped, current) and wrapped.network is parser.get_parsed_content("network_def")
     pred = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"]["pred"]
     with torch.no_grad():
         out = wrapped.eval()(torch.rand(1, 1, 32, 32, 16))
