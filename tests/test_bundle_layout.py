@@ -21,6 +21,7 @@ MODEL_ZOO_NAMES = {
     "swin_unetr_btcv_segmentation",
 }
 REQUIRED_FILES = [
+    "LICENSE",  # the model zoo's ci/verify_bundle.py requires it in the bundle root
     "configs/metadata.json",
     "configs/train.json",
     "configs/evaluate.json",

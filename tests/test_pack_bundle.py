@@ -40,6 +40,7 @@ def test_pack_layout(name, tmp_path):
     assert all(n.startswith(f"{name}/") for n in names), names
     rel = {n[len(name) + 1 :] for n in names}
     for required in [
+        "LICENSE",
         "configs/metadata.json",
         "configs/train.json",
         "configs/inference.json",
@@ -64,6 +65,9 @@ def test_with_weights_needs_the_file(tmp_path):
     shutil.copytree(ROOT / "bundles" / "cxr14_classification", bundle, ignore=COPY_IGNORE)
     with pytest.raises(pack_bundle.PackError, match=r"models/model.pt.*does not exist"):
         pack_bundle.pack_bundle(bundle, tmp_path / "dist", with_weights=True)
+    (bundle / "LICENSE").unlink()
+    with pytest.raises(pack_bundle.PackError, match=r"LICENSE: missing; the model zoo requires it"):
+        pack_bundle.pack_bundle(bundle, tmp_path / "dist")
     (bundle / "configs" / "metadata.json").write_text("{}")
     with pytest.raises(pack_bundle.PackError, match=r"metadata.json: no readable 'version'"):
         pack_bundle.pack_bundle(bundle, tmp_path / "dist")

@@ -6,6 +6,8 @@ The archive holds one top folder named after the bundle (``monai.bundle.download
 it to ``<bundle_dir>/<name>``)::
 
     <name>/configs/  <name>/docs/  <name>/scripts/   the bundle's own files (no tests, caches or run outputs)
+    <name>/LICENSE                                   the bundle's licence (the model zoo's verify_bundle.py requires
+                                                     a LICENSE file in the bundle root)
     <name>/common/                                   a copy of this repository's ``common`` package: the configs
                                                      import it, and an unzipped bundle must run on its own
     <name>/large_files.yml                           where ``models/model.pt`` comes from (model-zoo format,
@@ -33,6 +35,7 @@ from common.files import atomic_open  # noqa: E402
 
 BUNDLES = ROOT / "bundles"
 BUNDLE_DIRS = ("configs", "docs", "scripts")  # the model-zoo folders a bundle ships (models/ handled apart)
+BUNDLE_FILES = ("LICENSE",)  # files of the bundle root the model zoo requires
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints"}
 SKIP_SUFFIXES = {".pyc", ".pyo", ".tmp"}
 WEIGHTS = "models/model.pt"
@@ -107,6 +110,9 @@ def pack_bundle(
     for sub in BUNDLE_DIRS:
         if not (bundle / sub).is_dir():
             raise PackError(f"{bundle / sub}: missing; a bundle has {', '.join(BUNDLE_DIRS)}")
+    for file in BUNDLE_FILES:
+        if not (bundle / file).is_file():
+            raise PackError(f"{bundle / file}: missing; the model zoo requires it in the bundle root")
     if (bundle / "common").exists():
         raise PackError(f"{bundle / 'common'}: the bundle must not have its own 'common' (the repository's is copied)")
     common_dir = Path(common_dir)
@@ -119,6 +125,7 @@ def pack_bundle(
     entries: list[tuple[str, Path | bytes]] = []
     for sub in BUNDLE_DIRS:
         entries += [(f"{name}/{p.relative_to(bundle).as_posix()}", p) for p in _files(bundle / sub)]
+    entries += [(f"{name}/{file}", bundle / file) for file in BUNDLE_FILES]
     entries += [(f"{name}/common/{p.relative_to(common_dir).as_posix()}", p) for p in _files(common_dir)]
     entries.append((f"{name}/large_files.yml", large_files_yml(weights, weights_url).encode()))
     if with_weights:
