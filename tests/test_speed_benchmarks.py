@@ -166,3 +166,18 @@ def test_foreground_crop_inferer_matches_the_sliding_window_inside_the_brain() -
     whole = torch.rand(1, 2, 8, 8, 8) + 0.1  # nothing to crop: identical to the plain sliding window
     with torch.no_grad():
         torch.testing.assert_close(crop(whole, net), SlidingWindowInferer(roi_size=[32, 32, 32])(whole, net))
+
+
+@pytest.mark.parametrize(
+    "scan, window", [((512, 512, 280), (192, 192, 80)), ((512, 512, 280), (512, 512, 192)), ((100, 60, 7), (32, 64, 8))]
+)
+def test_luna16_window_count_is_monais(scan, window) -> None:
+    """The projected time of a real-size scan multiplies by the number of windows MONAI's sliding window places."""
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    from benchmarks.speed.luna16_window import OVERLAP, windows_needed
+
+    roi = tuple(min(w, s) for w, s in zip(window, scan))
+    interval = _get_scan_interval(scan, roi, 3, (OVERLAP,) * 3)
+    assert windows_needed(scan, window) == len(dense_patch_slices(scan, roi, interval))
