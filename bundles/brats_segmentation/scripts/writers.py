@@ -117,8 +117,8 @@ def _upsample(plane: np.ndarray, row_mm: float, col_mm: float, pixel_mm: float) 
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
-    """Pixels of ``mask`` with a 4-neighbour outside it."""
-    padded = np.pad(mask, 1)
+    """Pixels of ``mask`` with a 4-neighbour outside it (the panel's edge is not an outline)."""
+    padded = np.pad(mask, 1, mode="edge")
     inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     return mask & ~inner
 
