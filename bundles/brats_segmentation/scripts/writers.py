@@ -265,7 +265,8 @@ class SaveBratsSegd(MapTransform):
 
     Expects the (1, H, W, D) label map of ``scripts.brats.RegionsToLabelsd`` (the edition's values); the header
     and affine are those of the first image file (T1c, or the single 4-channel file). The overlay's background is
-    the FLAIR channel; its region colours follow the item's ``edition`` (or the label values when it has none).
+    the FLAIR channel; its legend gives the label values of the item's ``edition``, else of ``default_edition``
+    (as ``RegionsToLabelsd``), else those the label map holds (3 only in 2023, 4 only in 2018-2021).
     """
 
     def __init__(
@@ -274,12 +275,14 @@ class SaveBratsSegd(MapTransform):
         output_dir: str | Path,
         image_key: str = "image",
         overlay: bool = False,
+        default_edition: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_dir = Path(output_dir)
         self.image_key = image_key
         self.overlay = overlay
+        self.default_edition = default_edition
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -298,6 +301,7 @@ class SaveBratsSegd(MapTransform):
             if self.overlay:
                 edition = d.get("edition")  # a list of one after collation
                 edition = edition[0] if isinstance(edition, (list, tuple)) and len(edition) == 1 else edition
+                edition = edition or self.default_edition
                 conv = convention(str(edition)) if edition else None
                 affine = nib.load(str(reference)).affine
                 write_overlay(convert_to_numpy(image)[3], labels, affine, self.output_dir / f"{case}_overlay.png",

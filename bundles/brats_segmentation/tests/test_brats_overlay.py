@@ -163,6 +163,42 @@ def test_overlay_texts_are_plain_numbers_with_a_region_legend(tmp_path: Path, mo
         assert region in joined, f"legend lacks {region!r}: {joined}"
 
 
+def _record_figure_texts(monkeypatch) -> list[str]:
+    """Texts of every figure saved from now on (figure texts and legends)."""
+    from matplotlib.figure import Figure
+
+    texts: list[str] = []
+    save = Figure.savefig
+
+    def recording_savefig(fig: Figure, *args, **kwargs):
+        texts.extend(t.get_text() for t in fig.texts)
+        texts.extend(t.get_text() for legend in fig.legends for t in legend.get_texts())
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording_savefig)
+    return texts
+
+
+def test_legend_label_values_follow_the_default_edition(tmp_path: Path, monkeypatch) -> None:
+    """A 4D study has no edition: RegionsToLabelsd writes default_edition's values, and so says the legend, also
+    when the label map holds no enhancing tumour (nothing in it tells 3 from 4 then)."""
+    background, labels, affine = _ras_case(et=3)
+    labels[labels == 3] = 1
+    reference = tmp_path / "study.nii.gz"
+    nib.save(nib.Nifti1Image(np.stack([background] * 4, axis=-1).astype(np.float32), affine), str(reference))
+    image = MetaTensor(torch.as_tensor(np.stack([background] * 4), dtype=torch.float32))
+    image.meta["filename_or_obj"] = str(reference)
+    texts = _record_figure_texts(monkeypatch)
+    for default, et in (("2023", 3), ("2021", 4)):
+        texts.clear()
+        SaveBratsSegd("pred", tmp_path / default, overlay=True, default_edition=default)(
+            {"image": image, "pred": labels[None]}
+        )
+        assert f"enhancing tumour (label {et})" in "\n".join(texts), texts
+    config = (Path(__file__).resolve().parents[1] / "configs" / "inference.json").read_text()
+    assert '"default_edition": "@default_edition"' in config
+
+
 def test_empty_prediction_shows_the_volume_centre() -> None:
     background, labels, affine = _ras_case()
     overlay = overlay_panels(background, np.zeros_like(labels), affine)
