@@ -142,3 +142,13 @@ def test_readme_demo_table_is_the_committed_benchmark() -> None:
     values = shown("brats_segmentation", pattern)
     assert values[:3] == close(dice, abs=5.01e-4) and values[3:] == close(hd95, abs=5.01e-2)
     assert shown("luna16_detection", r"CPM (\d\.\d+)") == close([luna["cpm"]], abs=5.01e-4)
+
+
+def test_brats_docs_dice_is_the_committed_benchmark() -> None:
+    """The BraTS docs' test-split Dice row is the benchmark's committed value (same run, same rounding rule)."""
+    text = (BUNDLES / "brats_segmentation" / "docs" / "README.md").read_text()
+    row = re.search(r"\| Dice, BraTS rule \(`test_dice`\) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", text)
+    assert row, "the BraTS docs lost their test_dice row"
+    brats = json.loads((ROOT / "benchmarks" / "expected.json").read_text())["bundles"]["brats_segmentation"]
+    expected = [brats[f"test_dice_{r}"]["expected"] for r in ("TC", "WT", "ET")]
+    assert [float(v) for v in row.groups()] == pytest.approx(expected, abs=5.01e-4)
