@@ -1,7 +1,8 @@
 """Read chest X-rays from PNG/JPEG/DICOM into one intensity scale, for training, evaluation and inference alike.
 
-Normalisation (the only one in the bundle): every image becomes float32 in [0, 1] where 0 is black (air)
-and 1 is white (bone), then ``Normalize`` in the configs applies a fixed mean/std.
+Decoding: every image becomes float32 in [0, 1] where 0 is black (air) and 1 is white (bone). The configs then
+scale each image between its own 1st and 99th intensity percentiles (MONAI ``ScaleIntensityRangePercentilesd``)
+before the fixed mean/std, so a linear window or the bit depth of the export does not reach the network.
 - PNG/JPEG: value / (2**bit_depth - 1) (8-bit: /255, 16-bit: /65535); RGB/palette converted to grey (ITU-R 601).
 - DICOM: stored values -> Modality LUT (RescaleSlope/Intercept or a Modality LUT Sequence) -> VOI LUT (Window
   Center/Width or a VOI LUT Sequence) when the file has one -> divided by the output range that the LUT step
