@@ -83,6 +83,14 @@ FAULTS = [
         "        image = image\n",
     ),
     Fault(
+        "cxr14_inference_fixed_window",
+        "cxr14_classification",
+        "infer",
+        "inference normalises with the fixed mean/std only (its per-image percentile scaling dropped, as in a config "
+        "copied from before it): the window a file was exported with reaches the network",
+        args={"infer": ["--preprocessing#transforms#2", "{'_target_': 'Identityd', 'keys': 'image'}"]},
+    ),
+    Fault(
         "cxr14_label_order_shuffled",
         "cxr14_classification",
         "train",

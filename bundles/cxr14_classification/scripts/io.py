@@ -1,7 +1,8 @@
 """Read chest X-rays from PNG/JPEG/DICOM into one intensity scale, for training, evaluation and inference alike.
 
-Normalisation (the only one in the bundle): every image becomes float32 in [0, 1] where 0 is black (air)
-and 1 is white (bone), then ``Normalize`` in the configs applies a fixed mean/std.
+Decoding: every image becomes float32 in [0, 1] where 0 is black (air) and 1 is white (bone). The configs then
+scale each image between its own 1st and 99th intensity percentiles (MONAI ``ScaleIntensityRangePercentilesd``)
+before the fixed mean/std, so a linear window or the bit depth of the export does not reach the network.
 - PNG/JPEG: value / (2**bit_depth - 1) (8-bit: /255, 16-bit: /65535); RGB/palette converted to grey (ITU-R 601).
 - DICOM: stored values -> Modality LUT (RescaleSlope/Intercept or a Modality LUT Sequence) -> VOI LUT (Window
   Center/Width or a VOI LUT Sequence) when the file has one -> divided by the output range that the LUT step
@@ -102,7 +103,7 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     try:
         stored = ds.pixel_array
     except Exception as e:  # missing decoder plugins, truncated pixel data, inconsistent tags
-        raise CXRReadError(f"{path}: DICOM pixel data cannot be decoded ({type(e).__name__}: {e})") from e
+        raise CXRReadError(_decode_error(path, ds, e)) from e
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise CXRReadError(f"{path}: multi-frame DICOM ({ds.NumberOfFrames} frames) is not a single radiograph")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -113,7 +114,7 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
             stored = convert_color_space(stored, photometric, "RGB")
         rgb = stored.astype(np.float64)
         grey = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
-        return grey / (2 ** int(ds.BitsStored) - 1), _dicom_meta(ds, photometric)
+        return grey / (2 ** int(ds.BitsStored) - 1), _dicom_meta(ds, photometric, path)
     low, high = _stored_range(ds)
     values = apply_modality_lut(stored, ds).astype(np.float64)
     if "ModalityLUTSequence" in ds:
@@ -135,7 +136,52 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         image = 1.0 - image
     elif photometric != "MONOCHROME2":
         raise CXRReadError(f"{path}: unsupported PhotometricInterpretation {photometric!r}")
-    return image, _dicom_meta(ds, photometric)
+    return image, _dicom_meta(ds, photometric, path)
+
+
+# compressed transfer syntaxes -> (modules that decode them for pydicom 2.4, pip packages that provide them)
+_LIBJPEG = (("pylibjpeg", "libjpeg"), "pylibjpeg pylibjpeg-libjpeg")
+_OPENJPEG = (("pylibjpeg", "openjpeg"), "pylibjpeg pylibjpeg-openjpeg")
+DECODERS = {
+    "1.2.840.10008.1.2.4.50": _LIBJPEG,  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51": _LIBJPEG,  # JPEG Extended (Process 2 and 4)
+    "1.2.840.10008.1.2.4.57": _LIBJPEG,  # JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.4.70": _LIBJPEG,  # JPEG Lossless, first-order prediction (Process 14, SV1)
+    "1.2.840.10008.1.2.4.80": _LIBJPEG,  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81": _LIBJPEG,  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": _OPENJPEG,  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91": _OPENJPEG,  # JPEG 2000
+    "1.2.840.10008.1.2.5": (("pylibjpeg", "rle"), "pylibjpeg pylibjpeg-rle"),  # RLE (pydicom also decodes it alone)
+}
+
+
+def _decode_error(path: Path, ds: Any, error: Exception) -> str:
+    """Why pixel data cannot be decoded: the file, its transfer syntax and, when a decoder is missing, what to install.
+
+    The decoders of ``requirements.txt`` (pylibjpeg and its libjpeg/openjpeg/rle plugins) cover every syntax in
+    ``DECODERS``; others (JPIP, MPEG/HEVC video, HTJ2K, ...) have no decoder for pydicom 2.4 and must be converted to
+    an uncompressed syntax first (e.g. ``gdcmconv --raw`` or dcmtk's ``dcmdjpeg``/``dcmdjp2k``).
+    """
+    import importlib.util
+
+    from pydicom.uid import UID
+
+    meta = getattr(ds, "file_meta", None)
+    uid = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
+    syntax = f"transfer syntax {uid.name} ({uid})" if uid else "no transfer syntax in the file meta"
+    problem = f"{type(error).__name__}: {error}"
+    if str(uid) in DECODERS:
+        modules, packages = DECODERS[str(uid)]
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"{path}: DICOM pixel data in {syntax} needs a decoder that is not installed: pip install {packages}"
+        return f"{path}: DICOM pixel data in {syntax} cannot be decoded by the installed {packages} ({problem})"
+    if uid and uid.is_compressed:
+        return (
+            f"{path}: DICOM pixel data in {syntax} has no decoder for pydicom 2.4 (none on pip); convert the file "
+            f"to an uncompressed transfer syntax first, e.g. gdcmconv --raw ({problem})"
+        )
+    return f"{path}: DICOM pixel data cannot be decoded, {syntax} ({problem})"
 
 
 def _stored_range(ds: Any) -> tuple[float, float]:
@@ -145,20 +191,46 @@ def _stored_range(ds: Any) -> tuple[float, float]:
     return float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
 
 
-def _dicom_meta(ds: Any, photometric: str) -> dict[str, Any]:
+def _dicom_meta(ds: Any, photometric: str, path: Path) -> dict[str, Any]:
     meta: dict[str, Any] = {"bits": int(ds.BitsStored), "source_format": "dicom", "photometric": photometric}
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-    if spacing is not None and len(spacing) == 2:
-        meta["spacing"] = [float(spacing[0]), float(spacing[1])]
+    spacing = _pixel_spacing(ds, path)
+    if spacing is not None:
+        meta["spacing"] = spacing
     if "ViewPosition" in ds:
         meta["view"] = str(ds.ViewPosition)
     return meta
 
 
+def _pixel_spacing(ds: Any, path: Path) -> list[float] | None:
+    """(row, column) spacing in mm from PixelSpacing, else ImagerPixelSpacing; None when neither is usable.
+
+    A value that is not two finite positive numbers (``0\\0``, one number, text) means unknown, not zero: it is
+    ignored with a warning naming the file, and without a usable tag the image gets the spacing of files that have
+    none (1 mm, ``LoadCXRd``).
+    """
+    from pydicom.multival import MultiValue
+
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        if tag not in ds or ds[tag].value in (None, "", b""):
+            continue
+        value = ds[tag].value
+        try:
+            values = [float(v) for v in (value if isinstance(value, (MultiValue, list, tuple)) else [value])]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) == 2 and all(np.isfinite(v) and v > 0 for v in values):
+            return values
+        message = f"{path}: {tag} {value!r} is not two positive numbers; ignored, as if the file had no {tag}"
+        warnings.warn(message, stacklevel=3)
+        logger.warning(message)
+    return None
+
+
 class LoadCXRd(MapTransform):
     """Dictionary transform: replace each key's path by a (1, rows, cols) float32 MetaTensor in [0, 1].
 
-    The affine holds the pixel spacing (rows, cols) when the file states it (DICOM), else 1 mm. The path is
+    The affine holds the pixel spacing (rows, cols) when the file states a valid one (DICOM), else 1 mm (PNG, and
+    DICOM without spacing or with a zero/invalid one, which also warns); never a zero scale. The path is
     also kept as a plain string under ``f"{key}{path_postfix}"`` so outputs can name their image after batching.
     """
 

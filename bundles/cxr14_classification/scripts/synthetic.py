@@ -5,7 +5,9 @@ Layout written under ``out_dir`` (same names, header and column count as the rel
     Data_Entry_2017.csv   (the exact 11-field NIH header; ``Finding Labels`` with ``|`` and ``No Finding``)
     train_val_list.txt, test_list.txt   (patient-disjoint official-style split)
     dicom/<name>.dcm      DICOM copies of some test images: 12-bit MONOCHROME2 with rescale slope/intercept and
-                          a window, 12-bit MONOCHROME1, 16-bit plain; each decodes to the PNG's intensities.
+                          a window, 12-bit MONOCHROME1, 16-bit plain (each decodes to the PNG's intensities), and
+                          15-bit MONOCHROME1 with a full-range window wider than the picture (decodes to the PNG's
+                          intensities under another linear window: 0.1 + 0.5 * png).
 Images are chest-like (body, lung fields, mediastinum, heart, diaphragm, ribs, vessels, noise); findings are
 drawn so most labels are learnable (nodule/mass = small/large blobs, effusion = basal opacity with a blunted
 costophrenic angle, cardiomegaly = wide heart, pneumothorax = lucent rim without markings, ...), with
@@ -252,15 +254,24 @@ def write_dicom(
     intercept: float = 0.0,
     window: bool = False,
     pixel_spacing: float = 0.143,
+    value_range: tuple[float, float] = (0.0, 1.0),
 ) -> Path:
-    """A DX DICOM whose decoding (modality LUT, window, photometric) gives back ``image01`` up to quantisation."""
+    """A DX DICOM whose decoding (modality LUT, window, photometric) gives back ``image01`` up to quantisation.
+
+    ``value_range`` (fractions of the stored range) places the picture in part of the stored values, as an
+    acquisition whose full-range window is wider than the anatomy: decoding then gives ``first + (last - first) *
+    image01``,
+    the same picture under another linear window.
+    """
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     max_stored = 2**bits - 1
-    stored = np.round(np.clip(image01, 0, 1) * max_stored).astype(np.uint16)
+    dtype = np.uint8 if bits <= 8 else np.uint16
+    first, last = value_range
+    stored = np.round((first + (last - first) * np.clip(image01, 0, 1)) * max_stored).astype(dtype)
     if monochrome1:
-        stored = (max_stored - stored).astype(np.uint16)
+        stored = (max_stored - stored).astype(dtype)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray for presentation
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -274,7 +285,7 @@ def write_dicom(
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8 * dtype().itemsize, bits, bits - 1, 0
     ds.PixelSpacing = [pixel_spacing, pixel_spacing]
     if slope != 1.0 or intercept != 0.0:
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept, "US"
@@ -325,19 +336,22 @@ def generate(
 
 
 def write_dicom_copies(out: Path, names: list[str]) -> list[Path]:
-    """DICOM versions of PNG images in the three encodings inference must handle (see module docstring)."""
+    """DICOM versions of PNG images in the four encodings inference must handle (see module docstring)."""
     from PIL import Image
 
     variants = [
         {"bits": 12, "slope": 2.0, "intercept": -1024.0, "window": True},
         {"bits": 12, "monochrome1": True},
         {"bits": 16},
+        # a CR export: 15-bit MONOCHROME1 whose full-range window is wider than the picture, so it decodes to the
+        # PNG under another linear window (the case that per-image percentile scaling makes harmless)
+        {"bits": 15, "monochrome1": True, "window": True, "value_range": (0.1, 0.6)},
     ]
     written = []
     for i, name in enumerate(names):
         png = next(out.glob(f"images*/**/{name}"))
         image = np.asarray(Image.open(png), dtype=np.float64) / 255.0
-        written.append(write_dicom(image, out / "dicom" / name.replace(".png", ".dcm"), **variants[i % 3]))
+        written.append(write_dicom(image, out / "dicom" / name.replace(".png", ".dcm"), **variants[i % len(variants)]))
     return written
 
 

@@ -127,3 +127,104 @@ def test_bad_inputs_name_the_file(tmp_path):
         items = list_images(tmp_path, skip_bad=True)
     assert [p["image"].split("/")[-1] for p in items] == ["good.png"]
     assert len(list_images(tmp_path, skip_bad=False)) == 5  # bad ones fail later, when loaded
+
+
+@pytest.mark.parametrize(
+    "spacing_tags, expected, warns",
+    [
+        ({"PixelSpacing": [0.0, 0.0]}, [1.0, 1.0], "PixelSpacing"),  # the issue's file: a zero-scale affine before
+        ({}, [1.0, 1.0], None),  # no spacing: 1 mm, like a PNG (no warning)
+        ({"PixelSpacing": [0.0, 0.0], "ImagerPixelSpacing": [0.15, 0.16]}, [0.15, 0.16], "PixelSpacing"),
+        ({"PixelSpacing": [-0.2, 0.2]}, [1.0, 1.0], "PixelSpacing"),
+        ({"PixelSpacing": 0.2}, [1.0, 1.0], "PixelSpacing"),  # one value (VM 1)
+        ({"ImagerPixelSpacing": [0.2, 0.0]}, [1.0, 1.0], "ImagerPixelSpacing"),
+    ],
+)
+def test_zero_or_missing_pixel_spacing_is_unknown(tmp_path, spacing_tags, expected, warns):
+    path = write_dicom(ramp(), tmp_path / "sp.dcm")
+    ds = pydicom.dcmread(path)
+    del ds.PixelSpacing
+    for tag, value in spacing_tags.items():
+        setattr(ds, tag, value)
+    ds.save_as(path)
+    if warns:
+        with pytest.warns(UserWarning, match=rf"sp\.dcm: {warns} .* not two positive numbers"):
+            out = LoadCXRd(keys="image")({"image": str(path)})
+    else:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            out = LoadCXRd(keys="image")({"image": str(path)})
+    affine = out["image"].affine.numpy()
+    np.testing.assert_allclose(np.diag(affine)[:2], expected)
+    assert abs(np.linalg.det(affine)) > 0
+
+
+# one file of each compressed transfer syntax from pydicom's own test data, against a file of the same picture in
+# another lossless encoding (uncompressed, or RLE, itself checked against uncompressed in the first case);
+# decoders: pylibjpeg + pylibjpeg-libjpeg / -openjpeg / -rle (requirements.txt)
+COMPRESSED = [
+    ("MR_small_RLE.dcm", "1.2.840.10008.1.2.5", "MR_small.dcm", 0.0),  # RLE lossless
+    ("SC_rgb_jpeg_dcmtk.dcm", "1.2.840.10008.1.2.4.50", "SC_rgb_rle.dcm", 3 / 255),  # JPEG baseline (lossy, YBR)
+    ("SC_rgb_jpeg_gdcm.dcm", "1.2.840.10008.1.2.4.70", "SC_rgb_rle.dcm", 0.0),  # JPEG lossless (SV1)
+    ("MR_small_jp2klossless.dcm", "1.2.840.10008.1.2.4.90", "MR_small.dcm", 0.0),  # JPEG 2000 lossless
+    ("SC_rgb_gdcm_KY.dcm", "1.2.840.10008.1.2.4.91", "SC_rgb_rle.dcm", 0.0),  # JPEG 2000
+    ("MR_small_jpeg_ls_lossless.dcm", "1.2.840.10008.1.2.4.80", "MR_small.dcm", 0.0),  # JPEG-LS lossless
+]
+
+
+@pytest.mark.parametrize("name, syntax, reference, atol", COMPRESSED, ids=[c[0] for c in COMPRESSED])
+def test_compressed_transfer_syntaxes_decode(name, syntax, reference, atol):
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    assert str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID) == syntax
+    reference_path = get_testdata_file(reference)
+    reference_syntax = pydicom.dcmread(reference_path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    assert not reference_syntax.is_compressed or reference_syntax == "1.2.840.10008.1.2.5"  # RLE is lossless
+    image, _ = read_cxr(path)
+    np.testing.assert_allclose(image, read_cxr(reference_path)[0], atol=atol + 1e-6)
+
+
+def test_missing_decoder_names_file_syntax_and_package(tmp_path, monkeypatch):
+    """Without the JPEG 2000 plugin (simulated: module hidden, pydicom left with its numpy and RLE handlers) the
+    error names the file, the transfer syntax and what to pip install."""
+    import shutil
+    import sys
+
+    from pydicom import config
+    from pydicom.data import get_testdata_file
+
+    path = shutil.copy(get_testdata_file("MR_small_jp2klossless.dcm"), tmp_path / "j2k.dcm")
+    monkeypatch.setitem(sys.modules, "openjpeg", None)
+    handlers = [h for h in config.pixel_data_handlers if h.HANDLER_NAME in ("Numpy", "RLE Lossless")]
+    assert len(handlers) == 2
+    monkeypatch.setattr(config, "pixel_data_handlers", handlers)
+    with pytest.raises(CXRReadError) as err:
+        read_cxr(path)
+    message = str(err.value)
+    for part in ("j2k.dcm", "JPEG 2000 Image Compression (Lossless Only)", "1.2.840.10008.1.2.4.90"):
+        assert part in message, message
+    assert message.endswith("pip install pylibjpeg pylibjpeg-openjpeg"), message
+
+
+def test_unsupported_syntax_and_corrupt_data_name_the_file(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    # a video transfer syntax: no decoder exists for pydicom 2.4, the message says to convert the file
+    ds = pydicom.dcmread(get_testdata_file("MR_small_jp2klossless.dcm"))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2 Main Profile @ Main Level
+    ds.save_as(tmp_path / "video.dcm")
+    with pytest.raises(CXRReadError, match=r"video\.dcm: .*MPEG2.*1\.2\.840\.10008\.1\.2\.4\.100.*uncompressed"):
+        read_cxr(tmp_path / "video.dcm")
+    # the decoder is installed but the JPEG 2000 stream is cut short: not told to install what it has
+    from pydicom.encaps import encapsulate, generate_pixel_data_frame
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small_jp2klossless.dcm"))
+    frame = next(generate_pixel_data_frame(ds.PixelData))
+    ds.PixelData = encapsulate([frame[: len(frame) // 3]])
+    ds.save_as(tmp_path / "cut.dcm")
+    with pytest.raises(CXRReadError, match=r"cut\.dcm: .*JPEG 2000.*cannot be decoded by the installed") as err:
+        read_cxr(tmp_path / "cut.dcm")
+    assert "pip install" not in str(err.value)
