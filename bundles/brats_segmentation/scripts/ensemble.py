@@ -48,6 +48,18 @@ def mirror_flips(mode: str = "all", spatial_dims: int = 3) -> list[tuple[int, ..
     raise ValueError(f"flips must be one of {FLIP_MODES}, got {mode!r}")
 
 
+def as_bool(value: bool | str) -> bool:
+    """A switch from a config or the command line: ``monai.bundle run --tta false`` passes the string "false"."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    return bool(value)
+
+
 def find_checkpoints(models_dir: str | os.PathLike) -> list[str]:
     """Every ``models_dir/fold{k}/model.pt`` (sorted by k); without fold folders, ``models_dir/model.pt`` alone.
 
@@ -94,7 +106,7 @@ class EnsembleInferer(Inferer):
     Args:
         inferer: the wrapped inferer, called as ``inferer(inputs, network)`` (e.g. the bundle's sliding window).
         networks: the ensemble's networks; ``None`` uses the network the engine passes (TTA of a single model).
-        tta: mirror the input (``flips``) in every pass; ``False`` runs each network once.
+        tta: mirror the input (``flips``) in every pass; ``False`` (or "false") runs each network once.
         flips: ``"all"`` (8 passes in 3D) or ``"axes"`` (4), see ``mirror_flips``.
         spatial_dims: number of trailing spatial dimensions of the (B, C, *spatial) input.
         eps: probabilities are clamped to [eps, 1 - eps] before the logit, so the output stays finite.
@@ -116,7 +128,7 @@ class EnsembleInferer(Inferer):
         self.networks = list(networks) if networks is not None else None
         if self.networks is not None and not self.networks:
             raise ValueError("networks is empty: give at least one network, or None for the engine's network")
-        self.flips = mirror_flips(flips, spatial_dims) if tta else [()]
+        self.flips = mirror_flips(flips, spatial_dims) if as_bool(tta) else [()]
         self.spatial_dims = spatial_dims
         self.eps = eps
 

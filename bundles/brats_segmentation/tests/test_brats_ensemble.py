@@ -150,11 +150,16 @@ def test_fold_override_in_train_json(data: dict[str, Path], tmp_path: Path) -> N
 # ---------------------------------------------------------------- mirroring test-time augmentation
 
 
-def test_mirror_flips() -> None:
+def test_mirror_flips_and_the_tta_switch() -> None:
     assert sorted(mirror_flips("all")) == sorted(tuple(a - 2 for a in f) for f in ALL_FLIPS)
     assert mirror_flips("axes") == [(), (0,), (1,), (2,)]
     with pytest.raises(ValueError):
         mirror_flips("some")
+    # `monai.bundle run ... --tta false` passes the string "false" (python-fire), which is truthy
+    for value, passes in ((True, 8), ("true", 8), (False, 1), ("false", 1), ("False", 1), ("0", 1)):
+        assert len(EnsembleInferer(SimpleInferer(), tta=value).flips) == passes, value
+    with pytest.raises(ValueError, match="true or false"):
+        EnsembleInferer(SimpleInferer(), tta="maybe")
 
 
 @pytest.mark.parametrize("flips", ["all", "axes"])
