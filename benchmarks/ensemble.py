@@ -42,16 +42,23 @@ REGIONS = ("TC", "WT", "ET")
 METRICS = ("test_dice", "test_hd95", "test_dice_nan", "test_hd95_nan")
 
 
+def shown(cmd: list[str]) -> str:
+    """A command as typed from the bundle directory: repository paths relative to it, config lists in "..."."""
+    args = ["python", *(a.replace(f"{ROOT}/", "../../") for a in cmd[1:])]
+    return " ".join(f'"{a}"' if "'" in a and '"' not in a else shlex.quote(a) for a in args)
+
+
 def run(cmd: list[str], cwd: Path, env: dict[str, str], log: list[dict[str, Any]]) -> float:
     """Run one command from ``cwd``; record it (as typed from the bundle directory) and its wall time."""
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    shown = shlex.join(["python", *cmd[1:]])
-    log.append({"command": shown, "seconds": round(seconds, 1)})
+    log.append({"command": shown(cmd), "seconds": round(seconds, 1)})
     if result.returncode != 0:
-        raise RuntimeError(f"failed ({result.returncode}): {shown}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    print(f"{seconds:7.1f} s  {shown}", flush=True)
+        raise RuntimeError(
+            f"failed ({result.returncode}): {shown(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
+    print(f"{seconds:7.1f} s  {shown(cmd)}", flush=True)
     return seconds
 
 
@@ -232,7 +239,7 @@ def main() -> None:
     p.add_argument("--retrain", action="store_true", help="train again even where models/fold{k}/model.pt exists")
     args = p.parse_args()
     result = {"brats_segmentation": brats(args)}
-    write_json_atomic(result, args.out, indent=1)
+    write_json_atomic(result, args.out, indent=2)
     print(f"wrote {args.out}")
 
 
