@@ -112,7 +112,8 @@ def _targets(handlers: list) -> list[str]:
 def test_checkpoint_convention(bundle: Path) -> None:
     """models/checkpoint_epoch=N.pt (full state, --resume) from EpochCheckpoints; models/model.pt (best validation
     weights + CheckpointInfo) from the validator's CheckpointSaver; evaluate and inference load model.pt through
-    common.checkpoint.load_weights (weights_only), never through a loader handler."""
+    common.checkpoint.load_weights (weights_only), never through a loader handler. A bundle whose ckpt_dir depends on
+    a cross-validation ``fold`` id keeps models/ for the default run and writes fold k to models/fold{k}/."""
     train, evaluate, infer = (_json(bundle, n) for n in ("train.json", "evaluate.json", "inference.json"))
     epoch = [h for h in train["train"]["handlers"] if h.get("_target_") == "common.checkpoint.EpochCheckpoints"]
     assert len(epoch) == 1 and epoch[0]["resume"] == "@resume" and epoch[0]["ckpt_dir"] == "@ckpt_dir"
@@ -121,7 +122,13 @@ def test_checkpoint_convention(bundle: Path) -> None:
     assert len(savers) == 1 and savers[0]["key_metric_filename"] == "model.pt" and savers[0]["save_key_metric"]
     assert savers[0]["save_dict"] == {"model": "@network", "info": "@checkpoint_info"}
     assert train["checkpoint_info"] == {"_target_": "common.checkpoint.CheckpointInfo", "bundle": bundle.name}
-    assert train["ckpt_dir"] == "$@bundle_root + '/models'" and train["resume"] is False
+    assert train["resume"] is False
+    folds = "@fold" in train["ckpt_dir"]  # cross-validation folds are opt-in: the default run keeps models/
+    for fold in [None, *([0, 3] if folds else [])]:
+        parser = ConfigParser()
+        parser.read_config(str(bundle / "configs" / "train.json"))
+        parser.update({"bundle_root": "/root", **({"fold": fold} if fold is not None else {})})
+        assert parser.get_parsed_content("ckpt_dir") == "/root/models" + ("" if fold is None else f"/fold{fold}")
     assert evaluate["ckpt_path"] == "$@ckpt_dir + '/model.pt'" and LOAD_WEIGHTS in evaluate["evaluating"]
     assert infer["ckpt_path"] == "$@bundle_root + '/models/model.pt'"
     assert infer["run"].index(LOAD_WEIGHTS) < next(i for i, x in enumerate(infer["run"]) if "evaluator.run()" in x)

@@ -11,7 +11,14 @@ Split: case ids sorted, shuffled with ``random.Random(seed)``, then cut into fra
 (default 70/15/15 % train/validation/test, at least one case in each part when there are >= 3 cases).
 The same root and seed always give the same split; the split is written next to the run's outputs.
 
+Folds (``fold_split``, nnU-Net style cross-validation by case): the test part above stays fixed; the other cases
+(training + validation) are sorted by id, shuffled with ``random.Random(seed)`` and cut into ``num_folds``
+contiguous parts of near-equal size (the first ``n % num_folds`` parts one case larger). Fold ``k`` validates
+on part ``k`` and trains on the others, so the validation parts are disjoint and together cover every non-test
+case, and no fold ever sees a test case.
+
     python -m scripts.prepare --dataset_dir /data/BraTS2021 --output datalist.json
+    python -m scripts.prepare --dataset_dir /data/BraTS2021 --output datalist.json --fold 2 --num_folds 5
 """
 
 from __future__ import annotations
@@ -192,18 +199,61 @@ def prepare(
     return datalist
 
 
+def fold_split(datalist: dict[str, Any], fold: int, num_folds: int, seed: int = 12345) -> dict[str, Any]:
+    """The datalist of cross-validation fold ``fold`` of ``num_folds`` (rule in the module docstring).
+
+    ``testing`` is the datalist's own test part, unchanged; ``training`` and ``validation`` are re-cut from the
+    datalist's non-test cases. Raises ``ValueError`` for a fold outside ``0 .. num_folds - 1`` or fewer non-test
+    cases than folds.
+    """
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (fold, num_folds)):
+        raise ValueError(f"fold and num_folds must be integers, got fold={fold!r}, num_folds={num_folds!r}")
+    if num_folds < 2 or not 0 <= fold < num_folds:
+        raise ValueError(f"fold must be in 0..num_folds-1 with num_folds >= 2, got fold={fold}, num_folds={num_folds}")
+    pool = sorted(datalist["training"] + datalist["validation"], key=lambda i: i["case"])
+    if len(pool) < num_folds:
+        raise BratsInputError(f"{len(pool)} non-test cases cannot make {num_folds} folds (each needs a case)")
+    random.Random(seed).shuffle(pool)
+    size, extra = divmod(len(pool), num_folds)
+    start = fold * size + min(fold, extra)
+    stop = start + size + (1 if fold < extra else 0)
+    return {
+        **{k: v for k, v in datalist.items() if k not in SPLIT_KEYS},
+        "fold": fold,
+        "num_folds": num_folds,
+        "training": pool[:start] + pool[stop:],
+        "validation": pool[start:stop],
+        "testing": list(datalist["testing"]),
+    }
+
+
 def load_split(
-    dataset_dir: str | Path, key: str, output: str | Path | None = None, seed: int = 12345
+    dataset_dir: str | Path,
+    key: str,
+    output: str | Path | None = None,
+    seed: int = 12345,
+    fold: int | None = None,
+    num_folds: int = 5,
 ) -> list[dict[str, Any]]:
-    """One part of the split (``training``/``validation``/``testing``), used from the configs."""
+    """One part of the split (``training``/``validation``/``testing``), used from the configs.
+
+    ``fold=None`` is the single seeded split; ``fold=k`` the cross-validation fold ``k`` of ``num_folds``
+    (``fold_split``; its ``testing`` is the single split's). ``output`` receives the datalist that is used.
+    """
     if key not in SPLIT_KEYS:
         raise ValueError(f"split key must be one of {SPLIT_KEYS}, got {key!r}")
-    datalist = prepare(dataset_dir, output=output, seed=seed)
+    if fold is None:
+        datalist = prepare(dataset_dir, output=output, seed=seed)
+    else:
+        datalist = fold_split(prepare(dataset_dir, seed=seed), fold, num_folds, seed)
+        if output is not None:
+            write_json_atomic(datalist, output, indent=2)
     parts = datalist[key]
     if not parts:
         raise BratsInputError(f"{dataset_dir}: the {key} split is empty (too few cases)")
     counts = ", ".join(f"{k} {len(datalist[k])}" for k in SPLIT_KEYS)
-    logger.info("BraTS %s at %s: %s cases; using %s", datalist["edition"], dataset_dir, counts, key)
+    where = "" if fold is None else f" (fold {fold} of {num_folds})"
+    logger.info("BraTS %s at %s: %s cases%s; using %s", datalist["edition"], dataset_dir, counts, where, key)
     return parts
 
 
@@ -232,10 +282,17 @@ def inference_items(dataset_dir: str | Path, files: Sequence[str | Path] | None 
     return items
 
 
-def main(dataset_dir: str, output: str = "datalist.json", seed: int = 12345) -> None:
-    datalist = prepare(dataset_dir, output, seed)
+def main(
+    dataset_dir: str, output: str = "datalist.json", seed: int = 12345, fold: int | None = None, num_folds: int = 5
+) -> None:
+    if fold is None:
+        datalist = prepare(dataset_dir, output, seed)
+    else:
+        datalist = fold_split(prepare(dataset_dir, seed=seed), fold, num_folds, seed)
+        write_json_atomic(datalist, output, indent=2)
     counts = {k: len(datalist[k]) for k in SPLIT_KEYS}
-    print(f"BraTS {datalist['edition']} at {dataset_dir}: {counts} (seed {seed}) -> {output}")
+    where = "" if fold is None else f", fold {fold} of {num_folds}"
+    print(f"BraTS {datalist['edition']} at {dataset_dir}: {counts} (seed {seed}{where}) -> {output}")
 
 
 if __name__ == "__main__":
