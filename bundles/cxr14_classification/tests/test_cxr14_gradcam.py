@@ -205,3 +205,87 @@ def test_overlay_has_a_colour_bar_and_names_label_and_probability(monkeypatch) -
         assert panel.images[-1].get_clim() == (0, 1)  # fixed scale: 1 = the map's own maximum
         assert bar.get_ylim() == (0, 1) and "max" in bar.get_ylabel()
     assert real(np.full((96, 96), 0.5), drawn["maps"], drawn["titles"])[:4] == b"\x89PNG"
+
+
+# ------------------------------------------------------------------------------------- localisation scores, baselines
+
+
+def test_read_boxes_takes_the_nih_file_as_released(tmp_path: Path) -> None:
+    from scripts.localisation import Box, BoxFileError, read_boxes
+
+    path = tmp_path / "BBox_List_2017.csv"
+    path.write_text(
+        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+        "00013118_008.png,Atelectasis,225.084745762712,547.019216763771,86.7796610169491,79.1864406779661\n"
+        "00014716_007.png,Infiltrate,10,20,30,40,,,\n"
+    )
+    assert read_boxes(path) == [
+        Box("00013118_008.png", "Atelectasis", 225.084745762712, 547.019216763771, 86.7796610169491, 79.1864406779661),
+        Box("00014716_007.png", "Infiltration", 10.0, 20.0, 30.0, 40.0),
+    ]
+    path.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\na.png,Pneumonitis,1,2,3,4,,,\n")
+    with pytest.raises(BoxFileError, match=r":2: unknown finding label 'Pneumonitis'"):
+        read_boxes(path)
+    path.write_text("image,label,x,y,w,h\na.png,Mass,1,2,3,4\n")
+    with pytest.raises(BoxFileError, match="NIH header"):
+        read_boxes(path)
+
+
+def test_box_mask_maps_file_pixels_to_the_network_grid() -> None:
+    from scripts.localisation import box_mask
+
+    # an 8 x 16 (rows x cols) file on a 4 x 4 grid: a grid pixel is 2 file rows by 4 file columns
+    mask = box_mask([(8.0, 0.0, 8.0, 4.0)], source_shape=(8, 16), grid_shape=(4, 4))  # right half, top half
+    expected = np.zeros((4, 4), dtype=bool)
+    expected[0:2, 2:4] = True
+    np.testing.assert_array_equal(mask, expected)
+    # centres of grid columns are at file x = 2, 6, 10, 14: the box [5, 7) holds only column 1
+    np.testing.assert_array_equal(box_mask([(5.0, 0.0, 2.0, 8.0)], (8, 16), (4, 4))[0], [False, True, False, False])
+    # smaller than a grid pixel and between centres: the grid pixel holding its centre
+    tiny = box_mask([(12.5, 5.0, 0.5, 0.5)], (8, 16), (4, 4))
+    assert tiny.sum() == 1 and tiny[2, 3]
+    union = box_mask([(0.0, 0.0, 4.0, 2.0), (12.0, 6.0, 4.0, 2.0)], (8, 16), (4, 4))
+    assert union.sum() == 2 and union[0, 0] and union[3, 3]
+
+
+def test_pointing_game_and_energy_against_hand_computed_values() -> None:
+    from scripts.localisation import energy_in_box, pointing_game
+
+    mask = np.zeros((3, 4), dtype=bool)
+    mask[0:2, 2:4] = True  # 4 of 12 pixels, top right
+    heat = np.array([[0.0, 1.0, 2.0, 0.0], [0.0, 0.0, 5.0, 1.0], [3.0, 0.0, 0.0, 0.0]])
+    assert pointing_game(heat, mask) == 1.0  # the 5 is inside
+    assert energy_in_box(heat, mask) == pytest.approx((2 + 5 + 1) / 12)
+    heat[2, 0] = 9.0
+    assert pointing_game(heat, mask) == 0.0
+    assert energy_in_box(heat, mask) == pytest.approx(8 / 18)
+    tied = np.array([[0.0, 7.0, 7.0, 0.0], [0.0, 0.0, 0.0, 0.0], [7.0, 0.0, 0.0, 7.0]])
+    assert pointing_game(tied, mask) == 0.25  # 1 of 4 tied maxima inside
+    flat = np.zeros((3, 4))
+    assert pointing_game(flat, mask) == pytest.approx(4 / 12) and energy_in_box(flat, mask) == pytest.approx(4 / 12)
+    with pytest.raises(ValueError, match="non-negative"):
+        energy_in_box(-heat, mask)
+
+
+def test_random_baseline_is_the_box_area_fraction() -> None:
+    """Exact expectation of i.i.d. random maps, checked against 20000 sampled maps."""
+    from scripts.localisation import energy_in_box, pointing_game, random_map_expectation
+
+    mask = np.zeros((6, 10), dtype=bool)
+    mask[1:3, 6:9] = True  # 6 of 60 pixels
+    assert random_map_expectation(mask) == {"pointing_game": 0.1, "energy_in_box": 0.1}
+    rng = np.random.default_rng(0)
+    maps = rng.uniform(size=(20000, 6, 10))
+    hits = np.array([pointing_game(m, mask) for m in maps])
+    energy = np.array([energy_in_box(m, mask) for m in maps])
+    assert abs(hits.mean() - 0.1) < 3 * np.sqrt(0.1 * 0.9 / len(maps))
+    assert abs(energy.mean() - 0.1) < 3 * energy.std() / np.sqrt(len(maps))
+
+
+def test_centre_gaussian_peaks_at_the_centre() -> None:
+    from scripts.localisation import centre_gaussian
+
+    bump = centre_gaussian((6, 8))
+    assert np.unravel_index(np.argmax(bump), bump.shape) in {(2, 3), (2, 4), (3, 3), (3, 4)}
+    np.testing.assert_allclose(bump, bump[::-1, ::-1])
+    assert bump[0, 0] == pytest.approx(np.exp(-((2.5 / 6) ** 2 + (3.5 / 8) ** 2) / (2 * 0.25**2)))
