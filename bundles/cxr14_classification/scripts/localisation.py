@@ -208,10 +208,10 @@ class LocalisationScore:
 
     ``split``: ``"test"`` scores only images of ``test_list.txt`` (weights were not trained on them), ``"all"``
     every boxed image. ``target_layers``: one layer name or several (each scored; the first is the overlay's).
-    ``preprocessing``: the inference transforms (a dict ``{"image": path}`` -> network input); ``probability``: a
-    ``example_labels``: for each of these labels, ``localisation_example_<label>.png`` shows a typical finding (the
-    one whose energy in box is closest to the label's median) with its reference boxes outlined. ``weights``: the
-    checkpoint's path, recorded in the report.
+    ``preprocessing``: the inference transforms (a dict ``{"image": path}`` -> network input); probabilities are
+    the sigmoid of the network's outputs. ``example_labels``: for each of these labels,
+    ``localisation_example_<label>.png`` shows the finding the network is most sure of (highest probability: where a
+    user trusts the map most) with its reference boxes outlined. ``weights``: the checkpoint's path, for the report.
     """
 
     def __init__(
@@ -333,13 +333,14 @@ class LocalisationScore:
         return report
 
     def _example(self, label: str, found: list[tuple[dict[str, Any], np.ndarray, np.ndarray, list]]) -> None:
-        """Overlay PNG of the label's typical finding: energy in box closest to the label's median."""
+        """Overlay PNG of the label's most probable finding, its boxes outlined, its scores in the title."""
         from .outputs import overlay_png
 
         key = f"gradcam:{self.target_layers[0]}/energy_in_box"
-        median = float(np.median([r[key] for r, *_ in found]))
-        row, grey, heat, scaled = min(found, key=lambda f: abs(f[0][key] - median))
-        title = f"Grad-CAM {label}, p={row['probability']:.2f}\n{row['image']}: energy in box {row[key]:.2f}"
+        row, grey, heat, scaled = max(found, key=lambda f: f[0]["probability"])
+        hit = row[key.replace("energy_in_box", "pointing_game")]
+        title = f"{row['image']}: Grad-CAM {label}, p={row['probability']:.2f}\n"
+        title += f"pointing game {hit:.2g}, energy in box {row[key]:.2f}"
         png = overlay_png(grey, [heat], [title], boxes=[scaled], dpi=72)
         atomic_write_bytes(png, self.output_dir / f"localisation_example_{label}.png")
 
