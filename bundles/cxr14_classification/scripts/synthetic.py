@@ -3,6 +3,9 @@
 Layout written under ``out_dir`` (same names, header and column count as the release):
     images_001/images/00000001_000.png ...  images_002/images/...   8-bit grey PNG, ``{patient:08d}_{followup:03d}``
     Data_Entry_2017.csv   (the exact 11-field NIH header; ``Finding Labels`` with ``|`` and ``No Finding``)
+    BBox_List_2017.csv    (NIH's header ``Image Index,Finding Label,Bbox [x,y,w,h],,,``: one row per drawn lesion,
+                          x, y = top-left corner, w, h in pixels of the written PNG, as NIH's boxes are in pixels of
+                          its 1024 px PNGs; NIH spells Infiltration ``Infiltrate`` in this file, and so do we)
     train_val_list.txt, test_list.txt   (patient-disjoint official-style split)
     dicom/<name>.dcm      DICOM copies of some test images: 12-bit MONOCHROME2 with rescale slope/intercept and
                           a window, 12-bit MONOCHROME1, 16-bit plain (each decodes to the PNG's intensities), and
@@ -12,6 +15,12 @@ Images are chest-like (body, lung fields, mediastinum, heart, diaphragm, ribs, v
 drawn so most labels are learnable (nodule/mass = small/large blobs, effusion = basal opacity with a blunted
 costophrenic angle, cardiomegaly = wide heart, pneumothorax = lucent rim without markings, ...), with
 co-occurrence, imbalance, faint cases and patients with several follow-ups that keep chronic findings.
+
+Boxes are written for the findings drawn as a bounded lesion: the 8 labels NIH boxes (Atelectasis, Cardiomegaly,
+Effusion, Infiltrate, Mass, Nodule, Pneumonia, Pneumothorax) and Consolidation, Pleural_Thickening, Hernia; not for
+Edema, Emphysema and Fibrosis, which are drawn over both lungs. A box is the bounding rectangle of the pixels where
+the lesion changes the picture by at least ``BOX_LEVEL`` of its largest change (before blur and noise); several
+nodules, or effusions on both sides, are one row each, as NIH lists several boxes of one finding.
 
 CLI: python -m scripts.synthetic --out_dir /tmp/cxr14_synth --n_patients 200 --size 256
 """
@@ -55,6 +64,10 @@ CO_OCCUR = {
     "Mass": [("Nodule", 0.3)],
     "Pneumonia": [("Infiltration", 0.4)],
 }
+# the box file of the release (its bracketed column name is split by the commas, plus three empty columns)
+BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+BBOX_NAMES = {"Infiltration": "Infiltrate"}  # label names that BBox_List_2017.csv spells differently
+BOX_LEVEL = 0.2
 CHRONIC = {"Cardiomegaly", "Emphysema", "Fibrosis", "Hernia", "Pleural_Thickening", "Nodule", "Mass"}
 
 
@@ -106,8 +119,30 @@ def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx
     return (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) <= 1.0
 
 
-def render(findings: set[str], anatomy: _Anatomy, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One radiograph as float in [0, 1] (MONOCHROME2: air dark, bone bright)."""
+def _add_box(boxes: list | None, label: str, lesion: np.ndarray) -> None:
+    """Append (label, x, y, w, h): the pixel rectangle around ``lesion`` (a mask, or a change of the picture whose
+    pixels at least ``BOX_LEVEL`` of its largest magnitude count); x = column, y = row, as NIH's boxes."""
+    if boxes is None:
+        return
+    change = np.abs(np.asarray(lesion, dtype=np.float64))
+    inside = change >= BOX_LEVEL * change.max() if change.max() > 0 else change > 0
+    rows, cols = np.nonzero(inside)
+    if len(rows):
+        y0, x0 = int(rows.min()), int(cols.min())
+        boxes.append((label, float(x0), float(y0), float(cols.max() - x0 + 1), float(rows.max() - y0 + 1)))
+
+
+def render(
+    findings: set[str],
+    anatomy: _Anatomy,
+    size: int,
+    rng: np.random.Generator,
+    boxes: list | None = None,
+) -> np.ndarray:
+    """One radiograph as float in [0, 1] (MONOCHROME2: air dark, bone bright).
+
+    ``boxes``: a list that receives (label, x, y, w, h) per drawn lesion (see the module docstring).
+    """
     n = size
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float64) / n
     a = anatomy
@@ -131,11 +166,13 @@ def render(findings: set[str], anatomy: _Anatomy, size: int, rng: np.random.Gene
     heart_w = a.heart_w * (1.55 if "Cardiomegaly" in findings else 1.0)
     heart = _ellipse(yy, xx, lung_cy + 0.16, a.cx + 0.03, 0.13, heart_w)
     img[heart] = np.maximum(img[heart], 0.58)
+    if "Cardiomegaly" in findings:
+        _add_box(boxes, "Cardiomegaly", heart)
     # diaphragm: everything below the domes is soft tissue
     dome_y = lung_cy + lung_h * 0.85 + 0.03 * np.cos((xx - a.cx) * 12)
     img[(yy > dome_y) & _ellipse(yy, xx, 0.55, a.cx, 0.55, a.body)] = 0.5
     for name in sorted(findings):
-        img = _draw(name, img, yy, xx, lungs, lung_cy, lung_h, a, rng)
+        img = _draw(name, img, yy, xx, lungs, lung_cy, lung_h, a, rng, boxes)
     # acquisition: blur, exposure and contrast jitter, quantum noise
     img = ndimage.gaussian_filter(img, sigma=0.8 * n / 256)
     img = img * rng.uniform(0.85, 1.15) + rng.normal(0, 0.03)
@@ -144,8 +181,9 @@ def render(findings: set[str], anatomy: _Anatomy, size: int, rng: np.random.Gene
     return np.clip(img + noise, 0, 1)
 
 
-def _draw(name, img, yy, xx, lungs, lung_cy, lung_h, a, rng):  # noqa: C901 - one branch per finding
-    """Add one finding; the strength is random so some cases are faint (AUROC stays below 1)."""
+def _draw(name, img, yy, xx, lungs, lung_cy, lung_h, a, rng, boxes=None):  # noqa: C901 - one branch per finding
+    """Add one finding; the strength is random so some cases are faint (AUROC stays below 1). Each bounded lesion
+    adds its box to ``boxes`` (no random numbers are drawn for it, so the pictures do not depend on ``boxes``)."""
     s = rng.uniform(0.35, 1.0)
     side = int(rng.integers(0, 2))
     lung = lungs[side]
@@ -160,10 +198,14 @@ def _draw(name, img, yy, xx, lungs, lung_cy, lung_h, a, rng):  # noqa: C901 - on
     if name == "Nodule":
         for _ in range(int(rng.integers(1, 4))):
             cy, cx = point_in_lung()
-            img = img + 0.3 * s * _blob(yy, xx, cy, cx, rng.uniform(0.012, 0.02))
+            nodule = 0.3 * s * _blob(yy, xx, cy, cx, rng.uniform(0.012, 0.02))
+            img = img + nodule
+            _add_box(boxes, name, nodule)
     elif name == "Mass":
         cy, cx = point_in_lung()
-        img = img + 0.3 * s * _blob(yy, xx, cy, cx, rng.uniform(0.05, 0.08), soft=0.25)
+        mass = 0.3 * s * _blob(yy, xx, cy, cx, rng.uniform(0.05, 0.08), soft=0.25)
+        img = img + mass
+        _add_box(boxes, name, mass)
     elif name == "Effusion":
         for k in (side,) if rng.random() < 0.6 else (0, 1):
             base = lung_cy + lung_h * 0.85
@@ -171,7 +213,9 @@ def _draw(name, img, yy, xx, lungs, lung_cy, lung_h, a, rng):  # noqa: C901 - on
             # meniscus: fluid rises laterally, blunting the costophrenic angle
             level = base - (0.05 + 0.08 * s) - 0.12 * np.clip(np.abs(xx - k_cx) / a.lung_w, 0, 1) ** 2
             region = lungs[k] & (yy > level)
-            img = np.where(region, np.maximum(img, 0.42 + 0.1 * s), img)
+            filled = np.where(region, np.maximum(img, 0.42 + 0.1 * s), img)
+            _add_box(boxes, name, filled != img)  # not the lung mask below the diaphragm, which it does not change
+            img = filled
     elif name == "Cardiomegaly":
         pass  # drawn as the wide heart in render()
     elif name == "Pneumothorax":
@@ -179,9 +223,11 @@ def _draw(name, img, yy, xx, lungs, lung_cy, lung_h, a, rng):  # noqa: C901 - on
         d = np.sqrt(((yy - lung_cy) / lung_h) ** 2 + ((xx - lcx) / a.lung_w) ** 2)
         depth = 0.15 + 0.2 * s
         rim = lung & (d > 1 - depth) & (yy < lung_cy + 0.1)
+        before = img
         img = np.where(rim, 0.05, img)
         line = lung & (np.abs(d - (1 - depth)) < 0.02) & (yy < lung_cy + 0.1)
         img = np.where(line, img + 0.12, img)
+        _add_box(boxes, name, img != before)
     elif name == "Atelectasis":
         cy, cx = point_in_lung()
         ang = rng.uniform(-0.4, 0.4)
@@ -189,17 +235,24 @@ def _draw(name, img, yy, xx, lungs, lung_cy, lung_h, a, rng):  # noqa: C901 - on
         across = -(xx - cx) * np.sin(ang) + (yy - cy) * np.cos(ang)
         plate = (np.abs(along) < 0.09) & (np.abs(across) < 0.008 + 0.006 * s)
         img = img + 0.25 * s * (plate & lung)
+        _add_box(boxes, name, plate & lung)
     elif name == "Infiltration":
         patch = ndimage.gaussian_filter(rng.normal(0, 1, img.shape), 3.0 * n / 256)
         patch = (patch > np.quantile(patch, 0.7)) & lung & (yy > lung_cy - 0.1)
-        img = img + 0.14 * s * ndimage.gaussian_filter(patch.astype(float), 1.5)
+        infiltrate = 0.14 * s * ndimage.gaussian_filter(patch.astype(float), 1.5)
+        img = img + infiltrate
+        _add_box(boxes, name, infiltrate)
     elif name == "Pneumonia":
         cy, cx = point_in_lung()
-        img = img + 0.2 * s * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 0.05**2)) * lung
+        opacity = 0.2 * s * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 0.05**2)) * lung
+        img = img + opacity
+        _add_box(boxes, name, opacity)
     elif name == "Consolidation":
         cy = lung_cy - lung_h * rng.uniform(0.2, 0.6)
         region = lung & _ellipse(yy, xx, cy, lcx + rng.normal(0, 0.03), 0.07, 0.09)
-        img = np.where(region, np.maximum(img, 0.35 + 0.15 * s), img)
+        dense = np.where(region, np.maximum(img, 0.35 + 0.15 * s), img)
+        _add_box(boxes, name, dense != img)
+        img = dense
     elif name == "Edema":
         for k in (-1, 1):
             hx = a.cx + k * 0.1
@@ -224,10 +277,13 @@ def _draw(name, img, yy, xx, lungs, lung_cy, lung_h, a, rng):  # noqa: C901 - on
         d = np.sqrt(((yy - lung_cy) / lung_h) ** 2 + ((xx - lcx) / a.lung_w) ** 2)
         band = lung & (d > 0.9 - 0.05 * s) & (yy < lung_cy)
         img = np.where(band, img + 0.22 * s, img)
+        _add_box(boxes, name, band)
     elif name == "Hernia":
         cy, cx = lung_cy + lung_h * 0.55, a.cx - 0.02
-        img = img + 0.2 * s * _blob(yy, xx, cy, cx, 0.07)
-        img = img - 0.25 * s * _blob(yy, xx, cy - 0.02, cx, 0.025)
+        bulge, bubble = 0.2 * s * _blob(yy, xx, cy, cx, 0.07), 0.25 * s * _blob(yy, xx, cy - 0.02, cx, 0.025)
+        img = img + bulge
+        img = img - bubble  # two steps, as before boxes were recorded, so the pictures stay byte-identical
+        _add_box(boxes, name, bulge - bubble)
     else:
         raise ValueError(f"no drawing for {name}")
     return img
@@ -307,7 +363,7 @@ def generate(
 
     rng = np.random.default_rng(seed)
     out = Path(out_dir)
-    rows, test, train_val = [], [], []
+    rows, box_rows, test, train_val = [], [], [], []
     for pid in range(1, n_patients + 1):
         anatomy = _Anatomy(rng)
         n_images = int(rng.choice([1, 1, 2, 2, 3, 4]))
@@ -320,7 +376,9 @@ def generate(
             name = f"{pid:08d}_{follow:03d}.png"
             folder = out / f"images_{1 + (pid - 1) * 2 // n_patients:03d}" / "images"
             folder.mkdir(parents=True, exist_ok=True)
-            image = render(findings, anatomy, size, rng)
+            boxes: list = []
+            image = render(findings, anatomy, size, rng, boxes=boxes)
+            box_rows += [[name, BBOX_NAMES.get(b[0], b[0]), *b[1:], "", "", ""] for b in boxes]
             Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(folder / name)
             view = "PA" if rng.random() < 0.7 else "AP"
             label = findings_text([int(n in findings) for n in LABELS])
@@ -329,6 +387,9 @@ def generate(
     with open(out / "Data_Entry_2017.csv", "w", newline="") as f:
         f.write(HEADER + "\n")
         csv.writer(f, lineterminator="\n").writerows(rows)
+    with open(out / "BBox_List_2017.csv", "w", newline="") as f:
+        f.write(BBOX_HEADER + "\n")
+        csv.writer(f, lineterminator="\n").writerows(box_rows)
     (out / "test_list.txt").write_text("\n".join(test) + "\n")
     (out / "train_val_list.txt").write_text("\n".join(train_val) + "\n")
     write_dicom_copies(out, test[:n_dicom])

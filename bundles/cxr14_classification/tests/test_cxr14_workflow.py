@@ -112,6 +112,41 @@ def test_inference_png_and_dicom_agree(trained, tmp_path):
     assert len(list((out / "eval" / "gradcam").glob("*_gradcam.png"))) == 6
 
 
+def test_localising_scores_every_boxed_test_finding(trained, tmp_path):
+    """``localising`` (configs/localisation.json on inference.json) scores Grad-CAM of each boxed finding of the
+    test list against BBox_List_2017.csv, with the random baseline equal to each finding's box area fraction."""
+    data, out = trained
+    run(
+        "localising",
+        config_file=_configs("inference.json", "localisation.json", "demo.json"),
+        dataset_dir=str(data),
+        bundle_root=str(out),
+        output_dir=str(tmp_path),
+        image_size=64,
+        localisation_examples=["Nodule", "Effusion"],
+    )
+    report = json.loads((tmp_path / "localisation.json").read_text())
+    test = set((data / "test_list.txt").read_text().split())
+    with open(data / "BBox_List_2017.csv", newline="") as f:
+        expected = {
+            (r[0], {"Infiltrate": "Infiltration"}.get(r[1], r[1])) for r in list(csv.reader(f))[1:] if r[0] in test
+        }
+    with open(tmp_path / "localisation_boxes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["image"], r["label"]) for r in rows} == expected and report["n_findings"] == len(rows) == len(expected)
+    overall = report["all"]["random"]["overall"]
+    assert overall["pointing_game"] == pytest.approx(np.mean([float(r["area_fraction"]) for r in rows]))
+    assert overall["energy_in_box"] == overall["pointing_game"]
+    gradcam = report["all"]["gradcam:class_layers.relu"]
+    assert 0 <= gradcam["overall"]["pointing_game"] <= 1 and 0 <= gradcam["overall"]["energy_in_box"] <= 1
+    lo, hi = gradcam["minus_random"]["energy_in_box"]["ci95"]
+    assert lo <= gradcam["minus_random"]["energy_in_box"]["mean"] <= hi
+    assert report["weights"] == str(out / "models" / "model.pt") and report["grid"] == [64, 64]
+    drawn = {label for _, label in expected} & {"Nodule", "Effusion"}
+    examples = {p.name for p in tmp_path.glob("localisation_example_*.png")}
+    assert drawn and examples == {f"localisation_example_{x}.png" for x in drawn}
+
+
 def test_inference_bad_file(trained, tmp_path):
     data, out = trained
     folder = tmp_path / "bad"
