@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from common.flags import as_bool
+
 ENV_VAR = "BUNDLES_AMP"
 _OFF_VALUES = {"0", "false", "off", "no"}
 
@@ -122,6 +124,7 @@ def amp_settings(device: torch.device | str, enabled: bool = True, channels_last
         channels_last: memory format override; by default on for CPU and wherever autocast is on.
     """
     device = torch.device(device)
+    enabled = as_bool(enabled)  # `--use_amp false` arrives as the string "false"
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -29,6 +29,7 @@ from monai.networks.utils import eval_mode
 from monai.utils import convert_to_dst_type
 
 from common.checkpoint import CheckpointError, load_weights
+from common.flags import as_bool
 
 FLIP_MODES = ("all", "axes")
 FOLD_DIR = re.compile(r"^fold(\d+)$")
@@ -46,18 +47,6 @@ def mirror_flips(mode: str = "all", spatial_dims: int = 3) -> list[tuple[int, ..
     if mode == "axes":
         return [(), *((a,) for a in axes)]
     raise ValueError(f"flips must be one of {FLIP_MODES}, got {mode!r}")
-
-
-def as_bool(value: bool | str) -> bool:
-    """A switch from a config or the command line: ``monai.bundle run --tta false`` passes the string "false"."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("true", "1", "yes", "on"):
-            return True
-        if text in ("false", "0", "no", "off"):
-            return False
-        raise ValueError(f"expected true or false, got {value!r}")
-    return bool(value)
 
 
 def find_checkpoints(models_dir: str | os.PathLike) -> list[str]:

@@ -23,6 +23,7 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
 from common.files import atomic_path
+from common.flags import as_bool
 from scripts.brats import GLI2023, LEGACY, Convention, convention
 
 # one colour per region name, the same for every edition (2018-2021: 1/2/4, 2023: 1/2/3)
@@ -281,7 +282,7 @@ class SaveBratsSegd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.output_dir = Path(output_dir)
         self.image_key = image_key
-        self.overlay = overlay
+        self.overlay = as_bool(overlay)  # `--overlay false` arrives as the string "false"
         self.default_edition = default_edition
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
