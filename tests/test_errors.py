@@ -14,6 +14,19 @@ from common.errors import BundleRootError, check_bundle_root, last_line, root_ca
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _train(cwd: Path, pythonpath: list[Path], *args: str) -> tuple[int, str, list[str]]:
+    """``python -m monai.bundle run training *args`` in ``cwd``: exit status, stderr and its non-empty lines."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "training", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in pythonpath)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return proc.returncode, proc.stderr, [line for line in proc.stderr.splitlines() if line.strip()]
+
+
 def _chain() -> RuntimeError:
     try:
         try:
@@ -57,30 +70,14 @@ def test_training_on_a_missing_folder_ends_with_the_bundle_error(bundle: str, er
     """``python -m monai.bundle run training`` on a dataset folder that does not exist: MONAI wraps the error in
     ``RuntimeError: Failed to evaluate ConfigExpression``; the last line must be the bundle's own message."""
     missing = tmp_path / "no_such_dataset"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "training",
-            "--config_file",
-            "configs/train.json",
-            "--dataset_dir",
-            str(missing),
-            "--bundle_root",
-            str(tmp_path / "run"),
-        ],  # fmt: skip
-        cwd=ROOT / "bundles" / bundle,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=600,
+    code, stderr, lines = _train(
+        ROOT / "bundles" / bundle,
+        [ROOT],
+        *("--config_file", "configs/train.json", "--dataset_dir", str(missing), "--bundle_root", str(tmp_path / "run")),
     )
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert code != 0
     assert lines[-1].startswith(f"Error: {error}: {missing}"), lines[-5:]
-    assert "Failed to evaluate" in proc.stderr  # MONAI's wrapper is still there, above
+    assert "Failed to evaluate" in stderr  # MONAI's wrapper is still there, above
 
 
 def test_bundle_root_must_be_a_bundle_when_it_is_the_working_directory(tmp_path, monkeypatch) -> None:
@@ -96,24 +93,7 @@ def test_a_command_started_outside_the_bundle_writes_nothing(tmp_path: Path) -> 
     """The README's commands run from the bundle directory; one started elsewhere with the default bundle_root
     once trained and wrote ``models/`` and ``eval/`` into that folder (the repository root)."""
     bundle = ROOT / "bundles" / "brats_segmentation"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "training",
-            "--config_file",
-            str(bundle / "configs/train.json"),
-            "--dataset_dir",
-            str(tmp_path / "data"),
-        ],  # fmt: skip
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(bundle), str(ROOT)])},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode != 0 and lines[-1].startswith(f"Error: BundleRootError: {tmp_path}"), lines[-5:]
+    config, data = str(bundle / "configs" / "train.json"), str(tmp_path / "data")
+    code, _, lines = _train(tmp_path, [bundle, ROOT], "--config_file", config, "--dataset_dir", data)
+    assert code != 0 and lines[-1].startswith(f"Error: BundleRootError: {tmp_path}"), lines[-5:]
     assert list(tmp_path.iterdir()) == []
