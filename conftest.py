@@ -126,7 +126,7 @@ def launch_torchrun(
     nnodes: int = 1,
     nproc_per_node: int = 2,
     env: dict[str, str] | None = None,
-    timeout: float = 900,
+    timeout: float = 1800,  # hang guard only (tests.helpers.HANG_GUARD): never a speed check
 ) -> TorchrunLaunch:
     """``torchrun ... -m monai.bundle run <args>`` from ``cwd``; with ``nnodes=2`` two agents on this machine
     join through a static rendezvous on 127.0.0.1 (node ranks 0 and 1), as two hosts would."""

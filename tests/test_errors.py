@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import BundleRootError, check_bundle_root, last_line, root_cause
+from tests.helpers import HANG_GUARD
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +23,7 @@ def _train(cwd: Path, pythonpath: list[Path], *args: str) -> tuple[int, str, lis
         env={**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in pythonpath)},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=HANG_GUARD,
     )
     return proc.returncode, proc.stderr, [line for line in proc.stderr.splitlines() if line.strip()]
 

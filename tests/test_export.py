@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import HANG_GUARD
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = sorted(
     p
@@ -35,7 +37,7 @@ ATOL = 1e-6  # floor for outputs that are all close to 0
 SEED = 0
 # smallest n for "k*n" spatial sizes in the metadata that every bundle network accepts (deepest feature map >= 1)
 N_FOR_SHAPE = 2
-EXPORT_TIMEOUT = 600
+EXPORT_TIMEOUT = HANG_GUARD
 
 
 def _activate_bundle(bundle: Path) -> None:

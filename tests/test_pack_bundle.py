@@ -15,6 +15,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from tests.helpers import HANG_GUARD
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("pack_bundle", ROOT / "tools" / "pack_bundle.py")
 pack_bundle = importlib.util.module_from_spec(_spec)
@@ -116,9 +118,8 @@ def test_packed_bundle_loads_with_monai(tmp_path):
     bundle = tmp_path / "src" / name
     shutil.copytree(ROOT / "bundles" / name, bundle, ignore=COPY_IGNORE)
     (bundle / "models").mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-c", _RANDOM_WEIGHTS], cwd=bundle, env=_env(), capture_output=True, text=True, timeout=300
-    )
+    cmd = [sys.executable, "-c", _RANDOM_WEIGHTS]
+    proc = subprocess.run(cmd, cwd=bundle, env=_env(), capture_output=True, text=True, timeout=HANG_GUARD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     zip_path = pack_bundle.pack_bundle(bundle, tmp_path / "dist", with_weights=True)
 
@@ -140,7 +141,7 @@ def test_packed_bundle_loads_with_monai(tmp_path):
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "LOADED" in proc.stdout

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.helpers import HANG_GUARD
 from tools.demo import BUNDLES, ROOT, reuse_commands, run_bundle  # noqa: E402
 
 # fewer cases and one epoch; everything else is the demo's own spec (later arguments win)
@@ -40,7 +41,7 @@ def _shell(commands: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     env["PYTHONPATH"] = str(ROOT)
     script = "set -e\n" + "\n".join(commands)
-    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
+    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=HANG_GUARD)
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from common.tracking import close_mlflow_runs, file_store_uri
+from tests.helpers import HANG_GUARD
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -75,14 +76,14 @@ def test_cxr14_training_logs_to_local_mlruns(tmp_path):
     data, out = tmp_path / "data", tmp_path / "run"
     gen = f"from scripts.synthetic import generate; generate({str(data)!r}, n_patients=14, size=64, seed=5, n_dicom=0)"
     cmd = [sys.executable, "-c", gen]
-    proc = subprocess.run(cmd, cwd=CXR14, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=CXR14, env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training"]
     cmd += ["--config_file", "['configs/train.json','configs/demo.json']", "--tracking", "mlflow"]
     cmd += ["--dataset_dir", str(data), "--bundle_root", str(out)]
     cmd += ["--image_size", "64", "--num_workers", "0", "--batch_size", "8", "--max_epochs", "1"]
     cmd += ["--val_fraction", "0.25"]
-    proc = subprocess.run(cmd, cwd=CXR14, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=CXR14, env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     store = out / "eval" / "mlruns"

@@ -53,6 +53,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import HANG_GUARD
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("pack_bundle", ROOT / "tools" / "pack_bundle.py")
 pack_bundle = importlib.util.module_from_spec(_spec)
@@ -66,7 +68,7 @@ SCHEMA_SHA256 = "cd64aa8a5904426f6fc6855dabe46af8c742d5bad644b4e9cfb78ebad09ad67
 SCHEMA_COPIES = {SCHEMA_URL: SCHEMA_COPY}  # schema URL -> vendored file, what the zoo would download
 NET_IN_OUT_ID = {"luna16_detection": "network_logits_def"}  # default: network_def (as the zoo)
 CHECKS = ["directory", "version_changelog", "metadata_schema", "inference_properties", "net_in_out", "torchscript"]
-TIMEOUT = 600
+TIMEOUT = HANG_GUARD
 
 
 def _meta(name: str) -> dict:

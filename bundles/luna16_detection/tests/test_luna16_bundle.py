@@ -17,6 +17,7 @@ from benchmarks.scoring import luna16_froc, read_findings, read_submission
 from common.checkpoint import latest_checkpoint
 from scripts.prepare import fold_datalist, read_mhd_header, world_to_index
 from scripts.synthetic import generate
+from tests.helpers import HANG_GUARD
 
 BUNDLE = Path(__file__).resolve().parents[1]
 REPO = BUNDLE.parents[1]
@@ -30,7 +31,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _bundle_run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+def _bundle_run(args: list[str], timeout: int = HANG_GUARD) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
     proc = subprocess.run(cmd, cwd=BUNDLE, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"

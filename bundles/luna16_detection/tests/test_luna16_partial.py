@@ -18,6 +18,7 @@ import pytest
 
 from benchmarks.scoring import luna16_froc, read_findings, read_submission
 from scripts.synthetic import generate
+from tests.helpers import HANG_GUARD
 
 BUNDLE = Path(__file__).resolve().parents[1]
 REPO = BUNDLE.parents[1]
@@ -30,14 +31,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+def _run(args: list[str], timeout: int = HANG_GUARD) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, *args], cwd=BUNDLE, env=_env(), capture_output=True, text=True, timeout=timeout
     )
 
 
 def _prepare(root: Path, out: Path) -> subprocess.CompletedProcess:
-    return _run(["-m", "scripts.prepare", "--dataset_dir", str(root), "--out_dir", str(out)], timeout=120)
+    return _run(["-m", "scripts.prepare", "--dataset_dir", str(root), "--out_dir", str(out)])
 
 
 @pytest.fixture(scope="module")
