@@ -183,3 +183,32 @@ def test_luna16_window_count_is_monais(scan, window) -> None:
     roi = tuple(min(w, s) for w, s in zip(window, scan))
     interval = _get_scan_interval(scan, roi, 3, (OVERLAP,) * 3)
     assert windows_needed(scan, window) == len(dense_patch_slices(scan, roi, interval))
+
+
+_LUNA16_OURS_LOADS = """
+import sys, torch
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from benchmarks.speed import harness, luna16
+state = harness.seeded_state(luna16._scoring_network)
+torch.save({{"model": state}}, {weights!r})
+from scripts import synthetic
+root = synthetic.generate("data", n_scans=1, size=(24, 24, 12), n_subsets=1)
+item = {{"seriesuid": "x", "image": str(next(root.glob("subset0/*.mhd")))}}
+_, parser = luna16.our_evaluator(item, Path({weights!r}), Path("out"), [64, 64, 32])
+net = parser.get_parsed_content("network")
+bad = [k for k, v in net.state_dict().items() if not torch.equal(v.float(), state[k].float())]
+print("MISMATCH", len(bad), bad[:3])
+"""
+
+
+def test_luna16_speed_ours_runs_the_benchmark_weights(tmp_path: Path) -> None:
+    """Both sides of the LUNA16 speed benchmark run the same seeded weights: our side loads them the way the
+    bundle's inference ``run`` section does (an override of a stale id once left our network at its own init)."""
+    code = _LUNA16_OURS_LOADS.format(root=str(ROOT), weights=str(tmp_path / "w.pt"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=HANG_GUARD
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "MISMATCH 0 []" in proc.stdout, proc.stdout[-2000:]

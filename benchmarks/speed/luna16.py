@@ -181,19 +181,16 @@ class ReferenceInference:
 
 
 def our_evaluator(
-    item: dict[str, Any], weights: Path, out_dir: Path, roi: list[int], extra: dict[str, Any] | None = None
+    item: dict[str, Any], weights: Path, out_dir: Path, roi: list[int] | None, extra: dict[str, Any] | None = None
 ) -> tuple[Any, Any]:
-    parser = harness.bundle_parser(
-        BUNDLE_DIR,
-        "inference.json",
-        {
-            "dataset_dir": item["image"],
-            "output_dir": str(out_dir),
-            "ckpt_dir": str(weights.parent),
-            "val_patch_size": roi,
-            **(extra or {}),
-        },
-    )
+    """The bundle's inference.json evaluator with ``weights`` loaded as its ``run`` section loads them
+    (``common.checkpoint.load_weights`` of ``ckpt_path``); ``roi`` None keeps the configured window."""
+    from common.checkpoint import load_weights
+
+    overrides = {"dataset_dir": item["image"], "output_dir": str(out_dir), "ckpt_path": str(weights)}
+    overrides.update({"val_patch_size": roi} if roi is not None else {})
+    parser = harness.bundle_parser(BUNDLE_DIR, "inference.json", {**overrides, **(extra or {})})
+    load_weights(parser.get_parsed_content("network"), parser.get_parsed_content("ckpt_path"))
     return parser.get_parsed_content("evaluator"), parser
 
 

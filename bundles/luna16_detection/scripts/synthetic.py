@@ -59,11 +59,16 @@ def make_scan(
     oblique: bool = False,
     max_oblique_deg: float = 6.0,
     noise_hu: float = 25.0,
+    spacing: tuple[float, float, float] | None = None,
 ) -> tuple[np.ndarray, dict, list[Finding], list[Finding]]:
-    """One scan: array [z, y, x] int16 HU, ITK geometry, nodules, excluded findings (all world mm, LPS)."""
+    """One scan: array [z, y, x] int16 HU, ITK geometry, nodules, excluded findings (all world mm, LPS).
+
+    ``spacing`` (x, y, z mm) fixes the voxel size; by default it is drawn from LUNA16's usual range (in-plane
+    0.7-0.95 mm, slices 1.0-2.5 mm); it is drawn either way, so the draws that follow stay the same.
+    """
     nx, ny, nz = size
-    sxy = rng.uniform(0.7, 0.95)
-    spacing = np.array([sxy, sxy, rng.uniform(1.0, 2.5)])
+    drawn = [rng.uniform(0.7, 0.95)] * 2 + [rng.uniform(1.0, 2.5)]
+    spacing = np.array(drawn if spacing is None else spacing, dtype=float)
     direction = _rotation(rng, max_oblique_deg) if oblique else np.eye(3)
     origin = np.array([rng.uniform(-220, -150), rng.uniform(-250, -150), rng.uniform(-350, -100)])
 
