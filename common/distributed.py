@@ -5,8 +5,9 @@ client) outlive ``destroy_process_group()`` and are still running when the inter
 touches a Python object then (a tensor freed by pending gloo work, for example), it tries to take the GIL during
 finalization; CPython ends such a thread with a forced unwind that C++ turns into ``std::terminate`` ("terminate
 called without an active exception", SIGABRT). Training has finished and rank 0 has saved by then, but torchrun
-reports the rank as failed and the launch exits non-zero. It happened in about one launch in ten under load (a
-two-node gloo test in a stress run, 2026-12-03; the same as PyTorch pull request #179291, abandoned upstream).
+reports the rank as failed and the launch exits non-zero. Seen in 1 of the 12 launches of two clean-clone test runs
+under load (a two-node gloo test, 2026-12-03) and in both attempts of one earlier CI run; the mechanism is the one
+PyTorch pull request #179291 describes (abandoned upstream).
 
 So a worker that the launcher started ends here: every rank waits at a barrier (rank 0 has finished saving),
 the group is destroyed, logs and standard streams are flushed, and the process leaves with ``os._exit(0)``,
