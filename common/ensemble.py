@@ -138,6 +138,18 @@ def load_fold_networks(
     return dict(zip(found, load_networks(network, list(found.values()), device, amp)))
 
 
+def sigmoid_per_item(logits: torch.Tensor) -> torch.Tensor:
+    """float32 sigmoid of each batch item on its own, as a bundle's postprocessing takes it after decollating the
+    batch: torch's vectorised sigmoid rounds the last bit differently for different tensor lengths, so a sigmoid of
+    the whole (B, 14) batch would differ from the plain configs' output in the 7th digit."""
+    logits = logits.as_tensor() if hasattr(logits, "as_tensor") else logits  # MetaTensor -> Tensor
+    logits = logits.float()
+    prob = torch.empty_like(logits)
+    for i in range(len(logits)):
+        torch.sigmoid(logits[i], out=prob[i])
+    return prob
+
+
 class EnsembleInferer(Inferer):
     """Mean sigmoid probability over ``networks`` x flips, each pass run through ``inferer``.
 
@@ -153,7 +165,8 @@ class EnsembleInferer(Inferer):
             bundle's sigmoid postprocessing then applies); ``"probability"``: the mean probability itself.
         eps: see ``output``.
 
-    The mean is accumulated in float64, so K identical networks give exactly one network's probability.
+    The sigmoid is taken per batch item (``sigmoid_per_item``) and the mean accumulated in float64, so one network
+    without TTA, or K identical networks, give bit for bit the probabilities of the bundle's plain configs.
     """
 
     def __init__(
@@ -200,7 +213,7 @@ class EnsembleInferer(Inferer):
                     x = torch.flip(inputs, dims) if dims else inputs
                     out = self.inferer(x, net, *args, **kwargs)
                     out = torch.flip(out, dims) if dims and self.flip_back else out
-                    prob = torch.sigmoid(out.float())
+                    prob = sigmoid_per_item(out)
                     total = prob.double() if total is None else total + prob.double()
         assert total is not None
         return (total / (len(networks) * len(self.flips))).to(prob.dtype)

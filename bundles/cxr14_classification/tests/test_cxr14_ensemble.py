@@ -1,6 +1,8 @@
-"""cxr14_classification: patient-level cross-validation folds.
+"""cxr14_classification: patient-level cross-validation folds, fold ensembles, horizontal-flip test-time augmentation,
+out-of-fold validation for ensemble thresholds.
 
-A tiny generated set in the real NIH layout (64 px), CPU, fp32 (``use_amp`` off).
+A tiny generated set in the real NIH layout (64 px), CPU, fp32 (``use_amp`` off), seeded random small DenseNets as
+fold checkpoints, so that probabilities computed here by hand can be compared with what the configs write.
 """
 
 from __future__ import annotations
@@ -9,9 +11,15 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from monai.bundle import ConfigWorkflow
 
+from benchmarks.scoring import auroc_mann_whitney, read_nih_labels
+from common.checkpoint import atomic_save, load_weights
+from scripts.labels import LABELS
+from scripts.networks import cxr_network
 from scripts.prepare import out_of_fold, prepare_datalist
 from scripts.synthetic import generate
 
@@ -133,3 +141,161 @@ def test_fold_override_in_train_json(data: Path, tmp_path: Path) -> None:
     assert default.parser.get_parsed_content("validate#dataset#data") == single["validation"]
     assert json.loads((tmp_path / "d" / "data" / "datalist.json").read_text()) == single
     assert "fold" not in single["source"] and single["source"]["val_fraction"] == 0.1
+
+
+# ---------------------------------------------------------------- ensembles and TTA through the configs
+
+
+def _small(seed: int, path: Path | None = None) -> torch.nn.Module:
+    """A seeded random demo network (demo.json's ``arch: small``), saved as a checkpoint when ``path`` is given."""
+    torch.manual_seed(seed)
+    net = cxr_network("small")
+    with torch.no_grad():
+        net.class_layers.out.weight.mul_(4.0)  # spread the probabilities (unsaturated) so that models differ
+    if path is not None:
+        atomic_save({"model": net.state_dict()}, path)
+    return net.eval()
+
+
+@pytest.fixture
+def images(data: Path, tmp_path: Path) -> Path:
+    """A folder of 10 images, the input of the inference commands."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for png in sorted(data.glob("images_*/images/*.png"))[:10]:
+        (folder / png.name).symlink_to(png)
+    return folder
+
+
+def _inputs(wf: ConfigWorkflow) -> tuple[list[str], torch.Tensor]:
+    """The preprocessed input batch of an inference workflow (the bundle's own preprocessing, in file order)."""
+    items = wf.parser.get_parsed_content("dataset#data")
+    pre = wf.parser.get_parsed_content("preprocessing")
+    return [i["image"] for i in items], torch.stack([pre(dict(i))["image"] for i in items])
+
+
+def _read_csv(path: Path) -> dict[str, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["image", *LABELS]
+    return {r["image"]: np.array([float(r[n]) for n in LABELS]) for r in rows}
+
+
+def _infer(names: tuple[str, ...], images: Path, root: Path, out: Path, **override) -> ConfigWorkflow:
+    return _run(names, "infer", "run", dataset_dir=str(images), bundle_root=str(root), output_dir=str(out),
+                **INFER, **override)  # fmt: skip
+
+
+def test_ensemble_of_identical_folds_is_exactly_the_single_model(images: Path, tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    for k in range(3):
+        _small(1, root / "models" / f"fold{k}" / "model.pt")
+    files = ("inference.json", "demo.json")
+    single = _infer(files, images, root, tmp_path / "single", ckpt_path=str(root / "models" / "fold0" / "model.pt"))
+    wf = _infer((*files, "inference_ensemble.json"), images, root, tmp_path / "ensemble")
+    assert len(wf.parser.get_parsed_content("ensemble_networks")) == 3
+    plain_csv, ensemble_csv = ((tmp_path / d / "predictions.csv").read_text() for d in ("single", "ensemble"))
+    assert ensemble_csv == plain_csv  # the same columns and the same digits
+    paths, x = _inputs(wf)
+    # bit for bit, in memory: inference.json's network with fold 0's weights, through its inferer, then the
+    # sigmoid of each item as its postprocessing takes it (after decollating the batch)
+    network = load_weights(single.parser.get_parsed_content("network"), root / "models" / "fold0" / "model.pt")
+    with torch.no_grad():
+        logits = single.parser.get_parsed_content("inferer")(x, network.eval())
+        plain = torch.stack([torch.sigmoid(row) for row in logits])
+        assert torch.equal(wf.parser.get_parsed_content("ensemble_inferer")(x, None), plain)
+
+
+def test_ensemble_of_two_folds_is_the_mean_of_their_probabilities(images: Path, tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    nets = [_small(seed, root / "models" / f"fold{k}" / "model.pt") for k, seed in enumerate((2, 3))]
+    wf = _infer(("inference.json", "demo.json", "inference_ensemble.json"), images, root, tmp_path / "out")
+    got = _read_csv(tmp_path / "out" / "predictions.csv")
+    paths, x = _inputs(wf)
+    with torch.no_grad():
+        each = [torch.sigmoid(n(x)).numpy() for n in nets]
+    expected = (each[0] + each[1]) / 2
+    assert np.abs(each[0] - each[1]).max() > 0.1  # the two folds really differ
+    for i, path in enumerate(paths):
+        np.testing.assert_allclose(got[path], expected[i], atol=1e-6, rtol=0)  # CSV: 6 decimals
+
+
+def test_horizontal_flip_tta_is_the_mean_of_the_image_and_its_mirror(images: Path, tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    net = _small(4, root / "models" / "fold0" / "model.pt")
+    _small(5, root / "models" / "fold1" / "model.pt")  # not used: --ckpt_paths picks fold 0
+    wf = _infer(("inference.json", "demo.json", "inference_ensemble.json"), images, root, tmp_path / "out",
+                tta=True, ckpt_paths=[str(root / "models" / "fold0" / "model.pt")])  # fmt: skip
+    assert "1 model(s) x 2 flips" in wf.parser.get_parsed_content("ensemble_inferer").describe()
+    got = _read_csv(tmp_path / "out" / "predictions.csv")
+    paths, x = _inputs(wf)  # (N, 1, rows, cols): the mirror image reverses the columns
+    with torch.no_grad():
+        plain = torch.sigmoid(net(x)).numpy()
+        mirrored = torch.sigmoid(net(x[..., torch.arange(x.shape[-1] - 1, -1, -1)])).numpy()
+    assert np.abs(plain - mirrored).max() > 0.02  # the network is not left-right symmetric
+    for i, path in enumerate(paths):
+        np.testing.assert_allclose(got[path], (plain[i] + mirrored[i]) / 2, atol=1e-6, rtol=0)
+
+
+def test_ensemble_inference_refuses_gradcam(images: Path, tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    _small(1, root / "models" / "fold0" / "model.pt")
+    with pytest.raises(Exception) as err:
+        _infer(("inference.json", "demo.json", "inference_ensemble.json"), images, root, tmp_path / "o",
+               gradcam_top_k=2)  # fmt: skip
+    chain, e = [], err.value
+    while e is not None:
+        chain.append(str(e))
+        e = e.__cause__ or e.__context__
+    assert any("Grad-CAM shows one network" in m and "--gradcam_top_k 0" in m for m in chain), chain
+
+
+def _report(folder: Path) -> tuple[dict, list[str], list[dict[str, str]]]:
+    with open(folder / "metrics.csv", newline="") as f:
+        header = next(csv.reader(f))
+    with open(folder / "test_predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return json.loads((folder / "metrics.json").read_text()), header, rows
+
+
+def test_evaluate_ensemble_writes_evaluate_metrics_with_out_of_fold_thresholds(data: Path, tmp_path: Path) -> None:
+    """evaluate_ensemble.json writes the files and keys of evaluate.json; its validation part (thresholds,
+    val_auroc) is out-of-fold: each train/val image predicted by the fold model that validated on it, checked here
+    against AUROCs computed independently; its test part is the ensemble; ``--fold k`` alone without TTA scores
+    exactly what evaluate.json ``--fold k`` scores on the test list."""
+    root = tmp_path / "run"
+    nets = [_small(seed, root / "models" / f"fold{k}" / "model.pt") for k, seed in enumerate((6, 7))]
+    common = {"dataset_dir": str(data), "bundle_root": str(root), "num_folds": 2, **TINY}
+    base = ("train.json", "evaluate.json", "demo.json")
+    _run(base, "train", "evaluating", fold=0, output_dir=str(tmp_path / "plain0"), **common)
+    wf = _run((*base, "evaluate_ensemble.json"), "train", "evaluating", output_dir=str(tmp_path / "ens"), **common)
+    _run((*base, "evaluate_ensemble.json"), "train", "evaluating", fold=0, output_dir=str(tmp_path / "ens0"),
+         **common)  # fmt: skip
+
+    plain, ens, ens0 = (_report(tmp_path / d) for d in ("plain0", "ens", "ens0"))
+    for report, header, rows in (ens, ens0):
+        assert report.keys() == plain[0].keys() and report["summary"].keys() == plain[0]["summary"].keys()
+        assert [list(r) for r in report["labels"]] == [list(r) for r in plain[0]["labels"]]
+        assert header == plain[1] and list(rows[0]) == list(plain[2][0])
+    assert ens0[2] == plain[2]  # fold 0 alone: the same test probabilities, digit for digit
+    assert [r["auroc"] for r in ens0[0]["labels"]] == [r["auroc"] for r in plain[0]["labels"]]
+
+    # out-of-fold validation, by hand: fold k's network on the images of fold k's validation patients
+    truth = read_nih_labels(data / "Data_Entry_2017.csv", LABELS)
+    oof = out_of_fold(prepare_datalist(data), num_folds=2, seed=0)
+    pre = wf.parser.get_parsed_content("validate#preprocessing")
+    with torch.no_grad():
+        probs = np.stack([torch.sigmoid(nets[i["fold"]](pre(dict(i))["image"][None]))[0].numpy() for i in oof])
+    labels = np.array([[truth[Path(i["image"]).name][n] for n in LABELS] for i in oof])
+    for j, row in enumerate(ens[0]["labels"]):
+        expected = auroc_mann_whitney(probs[:, j], labels[:, j])
+        assert (np.isnan(row["val_auroc"]) and np.isnan(expected)) or row["val_auroc"] == pytest.approx(expected)
+    assert ens[0]["summary"]["n_val_images"] == len(oof) == len(_official(data)[1])
+
+    # the test part: the mean of the two folds' probabilities
+    test_items = prepare_datalist(data)["test"]
+    with torch.no_grad():
+        x = torch.stack([pre(dict(i))["image"] for i in test_items])
+        expected = (torch.sigmoid(nets[0](x)) + torch.sigmoid(nets[1](x))).numpy() / 2
+    got = {r["image"]: [float(r[f"p_{n}"]) for n in LABELS] for r in ens[2]}
+    np.testing.assert_allclose([got[i["image"]] for i in test_items], expected, atol=1e-6, rtol=0)
