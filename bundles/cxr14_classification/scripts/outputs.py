@@ -17,6 +17,7 @@ from common.ensemble import EnsembleInferer
 from common.files import atomic_write_bytes
 
 from .evaluation import _csv_bytes, batch_paths
+from .networks import GRADCAM_LAYERS
 
 
 class ProbabilityCSVWriter:
@@ -46,7 +47,7 @@ class ProbabilityCSVWriter:
         atomic_write_bytes(_csv_bytes(["image", *self.label_names], self.rows), self.output_file)
 
 
-GRADCAM_LAYER = "class_layers.relu"
+GRADCAM_LAYER = GRADCAM_LAYERS["densenet121"]
 
 
 def scale_to_max(maps: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """cxr14_classification: patient-level cross-validation folds, fold ensembles, horizontal-flip test-time augmentation,
-out-of-fold validation for ensemble thresholds.
+out-of-fold validation for ensemble thresholds, and the ResNet-50 override.
 
 A tiny generated set in the real NIH layout (64 px), CPU, fp32 (``use_amp`` off), seeded random small DenseNets as
 fold checkpoints, so that probabilities computed here by hand can be compared with what the configs write.
@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
+from monai.networks.nets import ResNet
 
 from benchmarks.scoring import auroc_mann_whitney, read_nih_labels
-from common.checkpoint import atomic_save, load_weights
+from common.checkpoint import atomic_save, load_checkpoint, load_weights
 from scripts.labels import LABELS
 from scripts.networks import cxr_network
 from scripts.prepare import out_of_fold, prepare_datalist
@@ -299,3 +300,56 @@ def test_evaluate_ensemble_writes_evaluate_metrics_with_out_of_fold_thresholds(d
         expected = (torch.sigmoid(nets[0](x)) + torch.sigmoid(nets[1](x))).numpy() / 2
     got = {r["image"]: [float(r[f"p_{n}"]) for n in LABELS] for r in ens[2]}
     np.testing.assert_allclose([got[i["image"]] for i in test_items], expected, atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------- ResNet-50
+
+
+def test_network_resnet50_trains_a_fold_and_infers(data: Path, images: Path, tmp_path: Path) -> None:
+    """configs/network_resnet50.json (layered after demo.json) trains one tiny epoch of fold 1 of 2 into
+    models/fold1/; the plain inference (with Grad-CAM at ``layer4``) and the ensemble inference load it."""
+    root = tmp_path / "run"
+    wf = _run(("train.json", "demo.json", "network_resnet50.json"), "train", "training", dataset_dir=str(data),
+              bundle_root=str(root), fold=1, num_folds=2, **TINY)  # fmt: skip
+    assert isinstance(wf.parser.get_parsed_content("network_def"), ResNet)
+    n_train = len(json.loads((root / "data" / "fold1" / "datalist.json").read_text())["training"])
+    assert wf.parser.get_parsed_content("train#trainer").state.iteration == n_train // TINY["batch_size"]  # drop_last
+    state = load_checkpoint(root / "models" / "fold1" / "model.pt")["model"]
+    assert state["conv1.weight"].shape == (64, 1, 7, 7) and state["fc.weight"].shape == (14, 2048)
+    assert not (root / "models" / "model.pt").exists()
+
+    ckpt = str(root / "models" / "fold1" / "model.pt")
+    plain = _infer(("inference.json", "demo.json", "network_resnet50.json"), images, root, tmp_path / "plain",
+                   ckpt_path=ckpt, gradcam_top_k=1)  # fmt: skip
+    assert plain.parser.get_parsed_content("gradcam_layer") == "layer4"
+    ens = _infer(("inference.json", "demo.json", "network_resnet50.json", "inference_ensemble.json"), images, root,
+                 tmp_path / "ensemble")  # fmt: skip
+    assert isinstance(ens.parser.get_parsed_content("network_def"), ResNet)
+    one, fused = (_read_csv(tmp_path / d / "predictions.csv") for d in ("plain", "ensemble"))
+    assert one.keys() == fused.keys() and len(one) == 10
+    for path in one:  # one fold: the ensemble is that model
+        np.testing.assert_array_equal(one[path], fused[path])
+    assert len(list((tmp_path / "plain" / "gradcam").glob("*_gradcam.png"))) == 10
+
+
+def test_resnet50_takes_torchvision_imagenet_weights_and_freezes_to_its_head(tmp_path: Path) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    tv = torchvision.models.resnet50(weights=None)
+    torch.save(tv.state_dict(), tmp_path / "resnet50-imagenet.pth")
+    net = cxr_network("resnet50", pretrained_path=str(tmp_path / "resnet50-imagenet.pth"), freeze=True)
+    sd, ref = net.state_dict(), tv.state_dict()
+    torch.testing.assert_close(sd["conv1.weight"], ref["conv1.weight"].sum(1, keepdim=True), rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(sd[k], ref[k]) for k in ref if k not in ("conv1.weight", "fc.weight", "fc.bias"))
+    assert sd["fc.weight"].shape == (14, 2048)  # the ImageNet head (1000 classes) is not loaded
+    assert {n for n, p in net.named_parameters() if p.requires_grad} == {"fc.weight", "fc.bias"}
+    # the grey network answers a grey picture as the RGB ImageNet network answers the same picture in RGB
+    tv.eval()
+    net.eval()
+    grey = torch.rand(2, 1, 64, 64)
+    features = torch.nn.Sequential(*list(tv.children())[:-1])
+    ours = torch.nn.Sequential(*[m for name, m in net.named_children() if name != "fc"])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(grey).flatten(1), features(grey.repeat(1, 3, 1, 1)).flatten(1), atol=1e-4,
+                                   rtol=1e-4)  # fmt: skip
+    with pytest.raises(ValueError, match="no dropout"):
+        cxr_network("resnet50", dropout=0.2)
