@@ -1,8 +1,13 @@
-"""Folds, ensembles and mirroring test-time augmentation (TTA), measured on a seeded synthetic set (issue 19).
+"""Folds, ensembles and test-time augmentation (TTA), measured on a seeded synthetic set (issue 19).
 
+    python -m benchmarks.ensemble                                   # every bundle below
+    python -m benchmarks.ensemble --bundles cxr14_classification    # one bundle; the others' results are kept
     python -m benchmarks.ensemble --work_dir work_dirs/ensemble --out benchmarks/results/ensemble.json
 
-BraTS protocol (``brats_segmentation``), in fp32 with 2 threads (``benchmarks.quality.benchmark_env``):
+Each bundle works in ``<work_dir>/<bundle>`` and its results replace that bundle's entry in ``--out`` (the other
+entries are kept). Every run is in fp32 with 2 threads (``benchmarks.quality.benchmark_env``).
+
+BraTS protocol (``brats_segmentation``):
 
 1. ``scripts.synthetic``: ``--n_cases`` cases in the 2021 layout of ``--size`` voxels, generator seed 0; the
    bundle's split (split seed 12345) fixes the test cases, the other cases make ``--folds`` folds.
@@ -14,8 +19,21 @@ BraTS protocol (``brats_segmentation``), in fp32 with 2 threads (``benchmarks.qu
 4. Inference cost: the time of the inferer alone (sliding window, flips, networks; no file reading) on the
    preprocessed test volumes, the fastest of ``--repeats`` interleaved runs per mode, relative to one model without TTA.
 
-Writes ``{"brats_segmentation": {"single", "tta", "ensemble", "ensemble_tta", "variants", "cost", "protocol"}}``.
-"single" and "tta" are the means over the K folds (each fold's figures in "per_fold").
+CXR14 protocol (``cxr14_classification``):
+
+1. ``scripts.synthetic``: ``--cxr_n_patients`` patients in the NIH layout, ``--cxr_size`` px PNGs, generator seed
+   0; the generated official-style ``test_list.txt`` is the test set, the ``train_val_list.txt`` patients make
+   ``--folds`` patient-level folds (split seed 0).
+2. Train every fold: ``configs/train.json`` + ``configs/demo.json`` with ``--fold k --num_folds K``,
+   ``--cxr_epochs`` epochs (the best validation mean AUROC is ``models/fold{k}/model.pt``).
+3. Score on the test list with the bundle's evaluation (``metrics.json``: per-label AUROC and their mean): each
+   fold alone (``evaluate.json --fold k``), each fold with the left-right flip TTA (``evaluate_ensemble.json
+   --fold k --tta true``), the K-fold ensemble (``evaluate_ensemble.json``) and the ensemble with TTA.
+4. Inference cost as for BraTS, per preprocessed test image in the inference batch size, measured in a child
+   process (each bundle has its own ``scripts`` package).
+
+Writes ``{"<bundle>": {"single", "tta", "ensemble", "ensemble_tta", "cost", "protocol", ...}}`` (BraTS also
+"variants"). "single" and "tta" are the means over the K folds (each fold's figures in "per_fold").
 """
 
 from __future__ import annotations
@@ -29,36 +47,40 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.quality import benchmark_env
+from benchmarks.quality import CXR14_LABELS, benchmark_env
 from benchmarks.speed.harness import machine_info
 from common.files import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 BRATS = ROOT / "bundles" / "brats_segmentation"
+CXR14 = ROOT / "bundles" / "cxr14_classification"
 REGIONS = ("TC", "WT", "ET")
 METRICS = ("test_dice", "test_hd95", "test_dice_nan", "test_hd95_nan")
 
 
-def shown(cmd: list[str]) -> str:
-    """A command as typed from the bundle directory: repository paths relative to it, config lists in "..."."""
-    args = ["python", *(a.replace(f"{ROOT}/", "../../") for a in cmd[1:])]
+def shown(cmd: list[str], cwd: Path | None = None) -> str:
+    """A command as typed from ``cwd`` (a bundle directory by default): repository paths relative to it, config
+    lists in "..."."""
+    prefix = "" if cwd == ROOT else "../../"
+    args = ["python", *(a.replace(f"{ROOT}/", prefix) for a in cmd[1:])]
     return " ".join(f'"{a}"' if "'" in a and '"' not in a else shlex.quote(a) for a in args)
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], log: list[dict[str, Any]]) -> float:
-    """Run one command from ``cwd``; record it (as typed from the bundle directory) and its wall time."""
+    """Run one command from ``cwd``; record it (as typed from there) and its wall time."""
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    log.append({"command": shown(cmd), "seconds": round(seconds, 1)})
+    log.append({"command": shown(cmd, cwd), "seconds": round(seconds, 1)})
     if result.returncode != 0:
         raise RuntimeError(
-            f"failed ({result.returncode}): {shown(cmd)}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+            f"failed ({result.returncode}): {shown(cmd, cwd)}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
         )
-    print(f"{seconds:7.1f} s  {shown(cmd)}", flush=True)
+    print(f"{seconds:7.1f} s  {shown(cmd, cwd)}", flush=True)
     return seconds
 
 
@@ -80,9 +102,38 @@ def rounded(d: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in d.items()}
 
 
+def time_modes(runners: dict[str, tuple[Callable[[Any], Any], int]], inputs: list[Any], repeats: int,
+               unit: str = "volume", digits: int = 3) -> dict[str, Any]:  # fmt: skip
+    """Seconds per input item of each mode (``runners``: mode -> (function of one batch, network passes)), the
+    fastest of ``repeats`` runs; the modes are interleaved in every repeat so that load from other processes spreads
+    over all of them. Costs are relative to the mode "single" (one model without TTA)."""
+    import torch
+
+    n_items = sum(len(x) for x in inputs)
+    times: dict[str, list[float]] = {mode: [] for mode in runners}
+    with torch.no_grad():
+        for fn, _ in runners.values():
+            fn(inputs[0])  # warm-up
+        for _ in range(repeats):
+            for mode, (fn, _) in runners.items():
+                start = time.perf_counter()
+                for x in inputs:
+                    fn(x)
+                times[mode].append((time.perf_counter() - start) / n_items)
+    seconds = {mode: min(t) for mode, t in times.items()}  # the least disturbed run
+    for mode, s in seconds.items():
+        print(f"cost {mode}: {s:.3f} s per {unit} ({runners[mode][1]} passes)", flush=True)
+    return {
+        f"seconds_per_{unit}": {k: round(v, digits) for k, v in seconds.items()},
+        "network_passes": {k: n for k, (_, n) in runners.items()},
+        "multiplier": {k: round(v / seconds["single"], 2) for k, v in seconds.items()},
+        f"{unit}s": n_items,
+        "repeats": repeats,
+    }
+
+
 def inference_cost(work: Path, folds: int, roi: list[int], repeats: int) -> dict[str, Any]:
-    """Seconds of the inferer per test volume for each mode, in this process (2 threads, fp32); the modes are
-    interleaved in every repeat so that load from other processes spreads over all of them."""
+    """Seconds of the inferer per test volume for each mode (``time_modes``), in this process (2 threads, fp32)."""
     import torch
 
     os.environ["BUNDLES_AMP"] = "0"
@@ -120,30 +171,11 @@ def inference_cost(work: Path, folds: int, roi: list[int], repeats: int) -> dict
             "ensemble_inferer"
         )
         runners[mode] = (lambda x, inferer=inferer: inferer(x, None), inferer.passes())
-    times: dict[str, list[float]] = {mode: [] for mode in runners}
-    with torch.no_grad():
-        for fn, _ in runners.values():
-            fn(images[0])  # warm-up
-        for _ in range(repeats):
-            for mode, (fn, _) in runners.items():
-                start = time.perf_counter()
-                for image in images:
-                    fn(image)
-                times[mode].append((time.perf_counter() - start) / len(images))
-    seconds = {mode: min(t) for mode, t in times.items()}  # the least disturbed run
-    for mode, s in seconds.items():
-        print(f"cost {mode}: {s:.3f} s per volume ({runners[mode][1]} passes)", flush=True)
-    return {
-        "seconds_per_volume": {k: round(v, 3) for k, v in seconds.items()},
-        "network_passes": {k: n for k, (_, n) in runners.items()},
-        "multiplier": {k: round(v / seconds["single"], 2) for k, v in seconds.items()},
-        "volumes": len(images),
-        "repeats": repeats,
-    }
+    return time_modes(runners, images, repeats)
 
 
 def brats(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(args.work_dir).resolve()
+    work = Path(args.work_dir).resolve() / "brats_segmentation"
     env = benchmark_env()
     py = sys.executable
     log: list[dict[str, Any]] = []
@@ -225,21 +257,161 @@ def brats(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def read_cxr14_metrics(folder: Path) -> dict[str, float]:
+    """``metrics.json`` of a CXR14 evaluation -> test mean AUROC and the AUROC of each label, by label name."""
+    report = json.loads((folder / "metrics.json").read_text())
+    per_label = {r["label"]: r["auroc"] for r in report["labels"]}
+    if sorted(per_label) != sorted(CXR14_LABELS):
+        raise ValueError(f"{folder / 'metrics.json'}: labels {sorted(per_label)}, expected the 14 NIH labels")
+    return {"mean_auroc": report["summary"]["auroc"]} | {f"auroc_{n}": per_label[n] for n in CXR14_LABELS}
+
+
+def cxr14_cost(work: Path, folds: int, repeats: int) -> dict[str, Any]:
+    """Seconds of the inferer per preprocessed test image for each mode (``time_modes``), in batches of the
+    inference batch size, in this process (2 threads, fp32)."""
+    import torch
+
+    os.environ["BUNDLES_AMP"] = "0"
+    torch.set_num_threads(2)
+    sys.path.insert(0, str(CXR14))
+    from monai.bundle import ConfigParser
+
+    from common.checkpoint import load_weights
+    from scripts.prepare import prepare_datalist
+
+    def parsed(names: tuple[str, ...], **over: Any) -> ConfigParser:
+        parser = ConfigParser()
+        parser.read_config([str(CXR14 / "configs" / n) for n in names])
+        parser.update({"bundle_root": str(work), "dataset_dir": str(work / "dataset"), **over})
+        parser.get_parsed_content("imports")
+        return parser
+
+    models = [str(work / "models" / f"fold{k}" / "model.pt") for k in range(folds)]
+    modes = {
+        "single": (models[:1], False),
+        "tta": (models[:1], True),
+        "ensemble": (models, False),
+        "ensemble_tta": (models, True),
+    }
+    plain = parsed(("inference.json", "demo.json"))
+    network = load_weights(plain.get_parsed_content("network"), models[0])
+    preprocessing = plain.get_parsed_content("preprocessing")
+    images = [preprocessing({"image": i["image"]})["image"] for i in prepare_datalist(work / "dataset")["test"]]
+    size = plain.get_parsed_content("batch_size")
+    batches = [torch.stack(images[i : i + size]) for i in range(0, len(images), size)]
+    runners = {"plain inference.json": (lambda x: plain.get_parsed_content("inferer")(x, network.eval()), 1)}
+    for mode, (paths, tta) in modes.items():
+        over = {"ckpt_paths": paths, "tta": tta}
+        inferer = parsed(("inference.json", "demo.json", "inference_ensemble.json"), **over).get_parsed_content(
+            "ensemble_inferer"
+        )
+        runners[mode] = (lambda x, inferer=inferer: inferer(x, None), inferer.passes())
+    return {**time_modes(runners, batches, repeats, unit="image", digits=5), "batch_size": size}
+
+
+def cxr14(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(args.work_dir).resolve() / "cxr14_classification"
+    env = benchmark_env()
+    py = sys.executable
+    log: list[dict[str, Any]] = []
+    dataset = work / "dataset"
+    if not (dataset / "Data_Entry_2017.csv").is_file():
+        gen = ["-m", "scripts.synthetic", str(dataset), "--n_patients", str(args.cxr_n_patients)]
+        run([py, *gen, "--size", str(args.cxr_size), "--seed", "0", "--n_dicom", "0"], CXR14, env, log)
+    common = ["--dataset_dir", str(dataset), "--bundle_root", str(work), "--num_folds", str(args.folds)]
+    train_cfg = "['configs/train.json','configs/demo.json']"
+    eval_cfg = "['configs/train.json','configs/evaluate.json','configs/demo.json']"
+    ens_cfg = "['configs/train.json','configs/evaluate.json','configs/demo.json','configs/evaluate_ensemble.json']"
+    bundle_run = [py, "-m", "monai.bundle", "run"]
+    train_seconds = []
+    for k in range(args.folds):
+        if not (work / "models" / f"fold{k}" / "model.pt").is_file() or args.retrain:
+            cmd = [*bundle_run, "training", "--config_file", train_cfg, *common, "--fold", str(k)]
+            train_seconds.append(run([*cmd, "--max_epochs", str(args.cxr_epochs)], CXR14, env, log))
+
+    def evaluate(name: str, config: str, *extra: str) -> dict[str, float]:
+        out = work / "eval" / name
+        cmd = [*bundle_run, "evaluating", "--config_file", config, *common, *extra, "--output_dir", str(out)]
+        run(cmd, CXR14, env, log)
+        return read_cxr14_metrics(out)
+
+    single = [evaluate(f"single_fold{k}", eval_cfg, "--fold", str(k)) for k in range(args.folds)]
+    tta = [evaluate(f"tta_fold{k}", ens_cfg, "--fold", str(k), "--tta", "true") for k in range(args.folds)]
+    ensemble = evaluate("ensemble", ens_cfg, "--tta", "false")
+    ensemble_tta = evaluate("ensemble_tta", ens_cfg, "--tta", "true")
+    # the cost is timed in a child process: this one may hold the BraTS bundle's `scripts` package
+    cost_file = work / "eval" / "cost.json"
+    child = ["-m", "benchmarks.ensemble", "--cost_child", str(work), "--folds", str(args.folds)]
+    run([py, *child, "--repeats", str(args.repeats), "--out", str(cost_file)], ROOT, env, log)
+    cost = json.loads(cost_file.read_text())
+
+    folds = [json.loads((work / "data" / f"fold{k}" / "datalist.json").read_text()) for k in range(args.folds)]
+    val_patients = [len({i["patient"] for i in f["validation"]}) for f in folds]
+    val_images = [len(f["validation"]) for f in folds]
+    test = folds[0]["test"]
+    protocol = (
+        f"ONE seed, small scale. Synthetic NIH ChestX-ray14 layout, {args.cxr_n_patients} patients, "
+        f"{args.cxr_size} px PNGs (scripts.synthetic seed 0); test set: the generated official-style test_list.txt, "
+        f"{len(test)} images of {len({i['patient'] for i in test})} patients; the train_val_list.txt patients in "
+        f"{args.folds} patient-level folds (split seed 0; validation parts of {val_patients} patients, {val_images} "
+        f"images). Each fold: configs/train.json + configs/demo.json (small DenseNet, 96 px), {args.cxr_epochs} "
+        "epochs, best validation mean AUROC kept, training seed 0. fp32, 2 threads (BUNDLES_AMP=0 OMP_NUM_THREADS=2 "
+        "PYTHONHASHSEED=0). Scores: the bundle's evaluation on the test list (metrics.json: AUROC per label and "
+        "their mean over labels with positives). single: evaluate.json --fold k; tta: evaluate_ensemble.json "
+        "--fold k --tta true (mean of the image and its left-right mirror); ensemble: evaluate_ensemble.json (mean "
+        "sigmoid probability of the folds); ensemble_tta: the same with the mirror. single and tta: mean over the "
+        "folds, each alone. Cost: inferer seconds per preprocessed test image, in batches of the inference batch "
+        "size (fastest of the repeats, modes interleaved), relative to one model without TTA."
+    )
+    return {
+        "single": {**rounded(mean_of(single)), "per_fold": [rounded(r) for r in single]},
+        "tta": {**rounded(mean_of(tta)), "per_fold": [rounded(r) for r in tta]},
+        "ensemble": rounded(ensemble),
+        "ensemble_tta": rounded(ensemble_tta),
+        "cost": cost,
+        "protocol": protocol,
+        "training_seconds_per_fold": [round(s, 1) for s in train_seconds],
+        "commands": log,
+        "machine": machine_info(2),
+    }
+
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "brats_segmentation": brats,
+    "cxr14_classification": cxr14,
+}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work_dir", default=str(ROOT / "work_dirs" / "ensemble" / "brats_segmentation"))
+    p.add_argument("--bundles", nargs="+", choices=sorted(BENCHMARKS), default=sorted(BENCHMARKS))
+    p.add_argument(
+        "--work_dir", default=str(ROOT / "work_dirs" / "ensemble"), help="each bundle in <work_dir>/<bundle>"
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ensemble.json"))
-    p.add_argument("--n_cases", type=int, default=24)
-    p.add_argument("--size", type=json.loads, default=[64, 64, 48])
-    p.add_argument("--val_roi_size", type=json.loads, default=[64, 64, 48])
     p.add_argument("--folds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--val_interval", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--retrain", action="store_true", help="train again even where models/fold{k}/model.pt exists")
+    brats_args = p.add_argument_group("brats_segmentation")
+    brats_args.add_argument("--n_cases", type=int, default=24)
+    brats_args.add_argument("--size", type=json.loads, default=[64, 64, 48])
+    brats_args.add_argument("--val_roi_size", type=json.loads, default=[64, 64, 48])
+    brats_args.add_argument("--epochs", type=int, default=6)
+    brats_args.add_argument("--val_interval", type=int, default=3)
+    cxr_args = p.add_argument_group("cxr14_classification")
+    cxr_args.add_argument("--cxr_n_patients", type=int, default=260)
+    cxr_args.add_argument("--cxr_size", type=int, default=256)
+    cxr_args.add_argument("--cxr_epochs", type=int, default=16)
+    p.add_argument("--cost_child", default=None, help=argparse.SUPPRESS)  # internal: CXR14 cost of this work dir
     args = p.parse_args()
-    result = {"brats_segmentation": brats(args)}
-    write_json_atomic(result, args.out, indent=2)
+    if args.cost_child:
+        write_json_atomic(cxr14_cost(Path(args.cost_child), args.folds, args.repeats), args.out, indent=2)
+        return
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    for name in args.bundles:
+        result[name] = BENCHMARKS[name](args)
+        write_json_atomic(result, out, indent=2)  # after each bundle: a later failure keeps the finished ones
     print(f"wrote {args.out}")
 
 

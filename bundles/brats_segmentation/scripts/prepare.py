@@ -11,11 +11,11 @@ Split: case ids sorted, shuffled with ``random.Random(seed)``, then cut into fra
 (default 70/15/15 % train/validation/test, at least one case in each part when there are >= 3 cases).
 The same root and seed always give the same split; the split is written next to the run's outputs.
 
-Folds (``fold_split``, nnU-Net style cross-validation by case): the test part above stays fixed; the other cases
-(training + validation) are sorted by id, shuffled with ``random.Random(seed)`` and cut into ``num_folds``
-contiguous parts of near-equal size (the first ``n % num_folds`` parts one case larger). Fold ``k`` validates
-on part ``k`` and trains on the others, so the validation parts are disjoint and together cover every non-test
-case, and no fold ever sees a test case.
+Folds (``fold_split``, nnU-Net style cross-validation by case, the rule of ``common.folds``): the test part above
+stays fixed; the other cases (training + validation) are sorted by id, shuffled with ``random.Random(seed)`` and
+cut into ``num_folds`` contiguous parts of near-equal size (the first ``n % num_folds`` parts one case larger).
+Fold ``k`` validates on part ``k`` and trains on the others, so the validation parts are disjoint and together
+cover every non-test case, and no fold ever sees a test case.
 
     python -m scripts.prepare --dataset_dir /data/BraTS2021 --output datalist.json
     python -m scripts.prepare --dataset_dir /data/BraTS2021 --output datalist.json --fold 2 --num_folds 5
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from common.files import write_json_atomic
+from common.folds import check_fold, fold_of
 from scripts.brats import GLI2023, LEGACY, BratsInputError, Convention, check_headers, check_stacked
 
 logger = logging.getLogger(__name__)
@@ -200,29 +201,21 @@ def prepare(
 
 
 def fold_split(datalist: dict[str, Any], fold: int, num_folds: int, seed: int = 12345) -> dict[str, Any]:
-    """The datalist of cross-validation fold ``fold`` of ``num_folds`` (rule in the module docstring).
+    """The datalist of cross-validation fold ``fold`` of ``num_folds`` (``common.folds``, rule in the module docstring).
 
     ``testing`` is the datalist's own test part, unchanged; ``training`` and ``validation`` are re-cut from the
     datalist's non-test cases. Raises ``ValueError`` for a fold outside ``0 .. num_folds - 1`` or fewer non-test
     cases than folds.
     """
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (fold, num_folds)):
-        raise ValueError(f"fold and num_folds must be integers, got fold={fold!r}, num_folds={num_folds!r}")
-    if num_folds < 2 or not 0 <= fold < num_folds:
-        raise ValueError(f"fold must be in 0..num_folds-1 with num_folds >= 2, got fold={fold}, num_folds={num_folds}")
-    pool = sorted(datalist["training"] + datalist["validation"], key=lambda i: i["case"])
-    if len(pool) < num_folds:
-        raise BratsInputError(f"{len(pool)} non-test cases cannot make {num_folds} folds (each needs a case)")
-    random.Random(seed).shuffle(pool)
-    size, extra = divmod(len(pool), num_folds)
-    start = fold * size + min(fold, extra)
-    stop = start + size + (1 if fold < extra else 0)
+    check_fold(fold, num_folds)
+    by_case = {i["case"]: i for i in datalist["training"] + datalist["validation"]}
+    folds = fold_of(by_case, num_folds, seed, what="non-test cases")  # in the rule's shuffled order
     return {
         **{k: v for k, v in datalist.items() if k not in SPLIT_KEYS},
         "fold": fold,
         "num_folds": num_folds,
-        "training": pool[:start] + pool[stop:],
-        "validation": pool[start:stop],
+        "training": [by_case[c] for c, k in folds.items() if k != fold],
+        "validation": [by_case[c] for c, k in folds.items() if k == fold],
         "testing": list(datalist["testing"]),
     }
 

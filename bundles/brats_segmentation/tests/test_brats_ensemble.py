@@ -19,8 +19,8 @@ from monai.networks.nets import DynUNet, SegResNet
 
 from benchmarks.scoring import score_brats_segmentations
 from common.checkpoint import CheckpointError, atomic_save
+from common.ensemble import EnsembleInferer, find_checkpoints, mirror_flips
 from scripts.brats import convention
-from scripts.ensemble import EnsembleInferer, find_checkpoints, mirror_flips
 from scripts.prepare import fold_split, load_split, prepare, split_cases
 from scripts.synthetic import generate
 

@@ -1,5 +1,6 @@
-"""Networks: DenseNet-121 as in CheXNet (optionally from a local pretrained file, optionally frozen) and a small
-DenseNet for CPU demos. Nothing is ever downloaded: pretrained weights must be given as a file path."""
+"""Networks: DenseNet-121 as in CheXNet, ResNet-50 (the transfer-learning comparison of the CXR literature), both
+optionally from a local pretrained file and optionally frozen, and a small DenseNet for CPU demos. Nothing is ever
+downloaded: pretrained weights must be given as a file path."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import re
 from collections.abc import Mapping
 
 import torch
-from monai.networks.nets import DenseNet, DenseNet121
+from monai.networks.nets import DenseNet, DenseNet121, ResNet
 
 from common.checkpoint import CheckpointError, load_checkpoint, model_state
 
@@ -17,6 +18,12 @@ logger = logging.getLogger(__name__)
 # torchvision names a dense layer's modules 'norm1' (or 'norm.1' in the 2017 file densenet121-a639ec97.pth);
 # MONAI nests them under '.layers.'
 _TV_LAYER = re.compile(r"^(.*denselayer\d+)\.(norm|relu|conv)\.?([12])\.(.+)$")
+ARCHS = ("densenet121", "resnet50", "small")
+# per architecture: the first convolution (adapted to the input channels by load_pretrained), the classification
+# head (trained alone by freeze_backbone) and the Grad-CAM layer (last feature maps before pooling and the head)
+STEM = {"densenet121": "features.conv0.weight", "small": "features.conv0.weight", "resnet50": "conv1.weight"}
+HEAD = {"densenet121": "class_layers.out", "small": "class_layers.out", "resnet50": "fc"}
+GRADCAM_LAYERS = {"densenet121": "class_layers.relu", "small": "class_layers.relu", "resnet50": "layer4"}
 
 
 def torchvision_to_monai_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -32,20 +39,22 @@ def torchvision_to_monai_keys(state: Mapping[str, torch.Tensor]) -> dict[str, to
     return renamed
 
 
-def load_pretrained(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
-    """Transfer learning from a local file (torchvision ImageNet DenseNet-121 or a MONAI DenseNet checkpoint).
+def load_pretrained(
+    network: torch.nn.Module, path: str | os.PathLike, stem: str = STEM["densenet121"]
+) -> torch.nn.Module:
+    """Transfer learning from a local file: a torchvision ImageNet DenseNet-121 or ResNet-50, or a MONAI/bundle
+    checkpoint of the same architecture.
 
-    The first convolution is adapted to the network's input channels (RGB weights summed for 1 channel, so a
-    grey image gives the response the RGB network gives to the same grey picture); layers whose shape differs
+    The first convolution (``stem``) is adapted to the network's input channels (RGB weights summed for 1 channel,
+    so a grey image gives the response the RGB network gives to the same grey picture); layers whose shape differs
     (the 1000-class ImageNet head) keep their fresh initialisation. Fewer than half the weights matching is an
     error, because that means the file is for another architecture.
     """
     state = torchvision_to_monai_keys(model_state(load_checkpoint(path)))
     own = network.state_dict()
-    conv0 = "features.conv0.weight"
-    if conv0 in state and conv0 in own and state[conv0].shape[1] != own[conv0].shape[1]:
-        w = state[conv0].sum(dim=1, keepdim=True)
-        state[conv0] = w.repeat(1, own[conv0].shape[1], 1, 1) / own[conv0].shape[1]
+    if stem in state and stem in own and state[stem].shape[1] != own[stem].shape[1]:
+        w = state[stem].sum(dim=1, keepdim=True)
+        state[stem] = w.repeat(1, own[stem].shape[1], 1, 1) / own[stem].shape[1]
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if len(usable) < len(own) / 2:
         raise CheckpointError(f"{path}: only {len(usable)}/{len(own)} tensors fit this network (another architecture?)")
@@ -55,11 +64,30 @@ def load_pretrained(network: torch.nn.Module, path: str | os.PathLike) -> torch.
     return network
 
 
-def freeze_backbone(network: torch.nn.Module) -> torch.nn.Module:
-    """Train only the classification head ('class_layers'); batch-norm statistics still adapt in train mode."""
+def freeze_backbone(network: torch.nn.Module, head: str = HEAD["densenet121"]) -> torch.nn.Module:
+    """Train only the classification head (parameters under ``head``); batch-norm statistics still adapt in train
+    mode."""
     for name, param in network.named_parameters():
-        param.requires_grad = name.startswith("class_layers")
+        param.requires_grad = name.startswith(head + ".")
     return network
+
+
+def resnet50(in_channels: int = 1, out_channels: int = 14) -> ResNet:
+    """ResNet-50 exactly as torchvision's (7x7 stride-2 stem, max pool, bottlenecks [3, 4, 6, 3], projection
+    shortcuts without bias, same parameter names), so torchvision's ImageNet file loads by name; 2D, ``in_channels``
+    input channels, ``out_channels`` logits."""
+    return ResNet(
+        block="bottleneck",
+        layers=[3, 4, 6, 3],
+        block_inplanes=[64, 128, 256, 512],
+        spatial_dims=2,
+        n_input_channels=in_channels,
+        num_classes=out_channels,
+        conv1_t_size=7,
+        conv1_t_stride=2,
+        shortcut_type="B",
+        bias_downsample=False,
+    )
 
 
 def cxr_network(
@@ -70,9 +98,11 @@ def cxr_network(
     freeze: bool = False,
     dropout: float = 0.0,
 ) -> torch.nn.Module:
-    """DenseNet-121 ('densenet121', the CheXNet reference) or 'small' (95k parameters, for CPU demos).
+    """DenseNet-121 ('densenet121', the CheXNet reference), ResNet-50 ('resnet50', see ``resnet50``) or 'small'
+    (95k parameters, for CPU demos).
 
     'small' trains a batch of 16 x 128^2 in ~0.15 s on 2 CPU cores in fp32 (bf16 autocast is slower for it).
+    ``dropout`` (before the head) exists for the DenseNets only.
     """
     if arch == "densenet121":
         net = DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, dropout_prob=dropout)
@@ -86,10 +116,14 @@ def cxr_network(
             block_config=(2, 3, 4, 3),
             dropout_prob=dropout,
         )
+    elif arch == "resnet50":
+        if dropout:
+            raise ValueError(f"dropout={dropout}: ResNet-50 has no dropout layer (DenseNets only)")
+        net = resnet50(in_channels, out_channels)
     else:
-        raise ValueError(f"arch must be 'densenet121' or 'small', got {arch!r}")
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
     if pretrained_path:
-        load_pretrained(net, pretrained_path)
+        load_pretrained(net, pretrained_path, stem=STEM[arch])
     if freeze:
-        freeze_backbone(net)
+        freeze_backbone(net, head=HEAD[arch])
     return net

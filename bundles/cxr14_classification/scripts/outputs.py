@@ -13,9 +13,11 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from common.ensemble import EnsembleInferer
 from common.files import atomic_write_bytes
 
 from .evaluation import _csv_bytes, batch_paths
+from .networks import GRADCAM_LAYERS
 
 
 class ProbabilityCSVWriter:
@@ -45,7 +47,7 @@ class ProbabilityCSVWriter:
         atomic_write_bytes(_csv_bytes(["image", *self.label_names], self.rows), self.output_file)
 
 
-GRADCAM_LAYER = "class_layers.relu"
+GRADCAM_LAYER = GRADCAM_LAYERS["densenet121"]
 
 
 def scale_to_max(maps: torch.Tensor) -> torch.Tensor:
@@ -110,7 +112,21 @@ class GradCAMOverlay:
 
     def attach(self, engine: Engine) -> None:
         if self.top_k > 0:
+            engine.add_event_handler(Events.STARTED, self.check_single_network)
             engine.add_event_handler(Events.ITERATION_COMPLETED, self.__call__)
+
+    def check_single_network(self, engine: Engine) -> None:
+        """Refuse an ensemble's run (``configs/inference_ensemble.json``): the maps would be of the engine's network,
+        which is not what the ensemble runs. Checked when the run starts (the engine's inferer is set after its
+        handlers are attached)."""
+        inferer = getattr(engine, "inferer", None)
+        networks = inferer.networks if isinstance(inferer, EnsembleInferer) else None
+        if networks is not None:
+            raise ValueError(
+                f"gradcam_top_k {self.top_k}: Grad-CAM shows one network, but this run ensembles {len(networks)}; "
+                "run configs/inference.json with --ckpt_path models/fold<k>/model.pt for one fold's maps, "
+                "or set --gradcam_top_k 0"
+            )
 
     def __call__(self, engine: Engine) -> None:
         network = engine.network.module if hasattr(engine.network, "module") else engine.network

@@ -9,7 +9,15 @@ Output: {"labels": [...14...], "training": [...], "validation": [...], "test": [
 ``{"image": abs path, "label": [0/1 x 14], "patient": id, "view": "PA"|"AP"}``. The test set is exactly the
 official ``test_list.txt``; validation is a seeded random fraction of the train_val PATIENTS (never images).
 
+Folds (``fold=k``, ``num_folds=K``; cross-validation by patient, the rule of ``common.folds``): the patients of the
+train_val images (after the view filter and ``skip_bad``) are sorted, shuffled with ``random.Random(seed)`` and cut
+into ``K`` contiguous parts of near-equal patient count (the first ``n % K`` parts one patient larger). Fold ``k``
+validates on the images of part ``k``'s patients and trains on all other train_val images, so every patient is in
+one fold's validation only, all images of a patient are on one side, and the test list is never in a fold
+(``val_fraction`` is not used then). ``out_of_fold`` tags each train_val image with the fold that validates it.
+
 CLI: python -m scripts.prepare --dataset_dir /data/CXR14 --output data/datalist.json [--view PA] [--skip_bad]
+     python -m scripts.prepare --dataset_dir /data/CXR14 --output data/fold2/datalist.json --fold 2 --num_folds 5
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from common.files import write_json_atomic
+from common.folds import fold_of, validation_keys
 
 from .labels import LABELS, UnknownLabelError, multi_hot, parse_findings
 
@@ -103,6 +112,8 @@ def prepare_datalist(
     seed: int = 0,
     view: str | None = None,
     skip_bad: bool = False,
+    fold: int | None = None,
+    num_folds: int = 5,
 ) -> dict[str, Any]:
     """Build (and optionally write atomically) the datalist; see the module docstring.
 
@@ -110,6 +121,8 @@ def prepare_datalist(
         view: keep only this View Position ("PA" or "AP"); None keeps all.
         skip_bad: drop CSV rows whose image is missing or whose labels are unknown, with a warning,
             instead of stopping with an error that names them.
+        fold: ``None``: validation is a ``val_fraction`` of the train_val patients; ``k``: validation is fold ``k``
+            of ``num_folds`` patient folds (module docstring). A bad fold number raises ``ValueError``.
     """
     root = Path(dataset_dir).expanduser().resolve()
     if not root.is_dir():
@@ -160,10 +173,17 @@ def prepare_datalist(
     shared = test_patients & {it["patient"] for it in items["train_val"]}
     if shared:
         logger.warning("%d patients have images in both official lists (kept as listed)", len(shared))
-    val_patients = split_patients([it["patient"] for it in items["train_val"]], val_fraction, seed)
+    patients = [it["patient"] for it in items["train_val"]]
+    source: dict[str, Any] = {"dataset_dir": str(root), "csv": csv_path.name}
+    if fold is None:
+        val_patients = split_patients(patients, val_fraction, seed)
+        source.update(val_fraction=val_fraction, seed=seed)
+    else:
+        val_patients = set(validation_keys(patients, fold, num_folds, seed, what=f"train/val patients in {root}"))
+        source.update(seed=seed, fold=fold, num_folds=num_folds)
     datalist = {
         "labels": list(LABELS),
-        "source": {"dataset_dir": str(root), "csv": csv_path.name, "val_fraction": val_fraction, "seed": seed},
+        "source": source,
         "training": [it for it in items["train_val"] if it["patient"] not in val_patients],
         "validation": [it for it in items["train_val"] if it["patient"] in val_patients],
         "test": items["test"],
@@ -174,6 +194,14 @@ def prepare_datalist(
     if output is not None:
         write_json_atomic(datalist, output)
     return datalist
+
+
+def out_of_fold(datalist: dict[str, Any], num_folds: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Every train_val image of ``datalist`` (its training + validation) with ``"fold"``: the fold of ``num_folds``
+    that validates its patient (the rule of ``prepare_datalist(fold=k)`` with the same ``seed``)."""
+    items = datalist["training"] + datalist["validation"]
+    folds = fold_of((it["patient"] for it in items), num_folds, seed, what="train/val patients")
+    return [{**it, "fold": folds[it["patient"]]} for it in items]
 
 
 def label_counts(items: list[dict[str, Any]]) -> dict[str, int]:
@@ -190,9 +218,11 @@ def main(
     seed: int = 0,
     view: str | None = None,
     skip_bad: bool = False,
+    fold: int | None = None,
+    num_folds: int = 5,
 ) -> None:
     """Write the datalist and print split sizes and label counts."""
-    datalist = prepare_datalist(dataset_dir, output, val_fraction, seed, view, skip_bad)
+    datalist = prepare_datalist(dataset_dir, output, val_fraction, seed, view, skip_bad, fold, num_folds)
     for key in ("training", "validation", "test"):
         n_patients = len({it["patient"] for it in datalist[key]})
         print(f"{key}: {len(datalist[key])} images, {n_patients} patients, {label_counts(datalist[key])}")
