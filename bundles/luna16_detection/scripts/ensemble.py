@@ -8,7 +8,7 @@ Flips. The scan is flipped along the chosen spatial axes and the pass's voxel ``
 with MONAI's ``flip_boxes``: along an axis of ``n`` voxels a box ``[x1, x2]`` becomes ``[n - x2, n - x1]``. That is
 the mapping ``RandFlipBoxd`` applied to the training targets, so TTA undoes exactly the flips the detector was
 taught to follow. ``"all"`` is every subset of the 3 axes, identity first (8 passes, as nnDetection); ``"axes"``
-the identity and each axis alone (4 passes).
+the identity and each axis alone (4 passes); an explicit list such as ``[[], [0], [1], [0, 1]]`` chooses the passes.
 
 Fusion of the union of boxes over passes (``fusion``):
 
@@ -54,14 +54,23 @@ FOLD_DIR = re.compile(r"^fold(\d+)$")
 Prediction = dict[str, torch.Tensor]  # {"box": (M, 6) voxel xyzxyz, "label": (M,), "label_scores": (M,)}
 
 
-def mirror_flips(mode: str = "all", spatial_dims: int = 3) -> list[tuple[int, ...]]:
-    """The spatial axes flipped in each TTA pass, identity ``()`` first (axis 0 = x of a (C, x, y, z) scan)."""
+def mirror_flips(mode: str | Sequence[Sequence[int]] = "all", spatial_dims: int = 3) -> list[tuple[int, ...]]:
+    """The spatial axes flipped in each TTA pass (axis 0 = x of a (C, x, y, z) scan).
+
+    ``"all"``: every subset of the axes, identity ``()`` first; ``"axes"``: identity and each axis alone; or an
+    explicit list of passes, e.g. ``[[], [0], [1], [0, 1]]`` (in-plane flips only)."""
     axes = range(spatial_dims)
     if mode == "all":
         return [c for n in range(spatial_dims + 1) for c in itertools.combinations(axes, n)]
     if mode == "axes":
         return [(), *((a,) for a in axes)]
-    raise ValueError(f"tta_flips must be one of {FLIP_MODES}, got {mode!r}")
+    if isinstance(mode, str) or not mode or not all(isinstance(f, (list, tuple)) for f in mode):
+        raise ValueError(f"tta_flips must be one of {FLIP_MODES} or a non-empty list of axis lists, got {mode!r}")
+    flips = [tuple(sorted(set(int(a) for a in f))) for f in mode]
+    bad = [f for f in flips if any(not 0 <= a < spatial_dims for a in f)]
+    if bad:
+        raise ValueError(f"tta_flips: spatial axes are 0..{spatial_dims - 1}, got {bad}")
+    return flips
 
 
 def unflip_boxes(boxes: torch.Tensor, spatial_size: Sequence[int], axes: Sequence[int]) -> torch.Tensor:
@@ -199,7 +208,7 @@ class DetectionEnsembleInferer:
             pass; each network runs in a copy of its detector).
         networks: the ensemble's networks; ``None`` uses the inferer's own detector (TTA of a single model).
         tta: mirror the scan (``flips``) in every pass; ``False`` (or "false") runs each network once.
-        flips: ``"all"`` (8 passes per network in 3D) or ``"axes"`` (4), see ``mirror_flips``.
+        flips: ``"all"`` (8 passes per network in 3D), ``"axes"`` (4) or a list of axis lists, see ``mirror_flips``.
         fusion: ``"wbf"`` or ``"nms"``.
         iou_thresh: the fusion's overlap threshold; ``None``: the detector's NMS threshold.
         max_detections: boxes kept per scan; ``None``: the detector's ``detections_per_img``.
@@ -213,7 +222,7 @@ class DetectionEnsembleInferer:
         inferer: DetectorInferer,
         networks: Sequence[torch.nn.Module] | None = None,
         tta: bool | str = True,
-        flips: str = "all",
+        flips: str | Sequence[Sequence[int]] = "all",
         fusion: str = "wbf",
         iou_thresh: float | None = None,
         max_detections: int | None = None,

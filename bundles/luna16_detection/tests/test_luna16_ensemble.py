@@ -20,7 +20,14 @@ from monai.data.box_utils import non_max_suppression
 from benchmarks.scoring import luna16_froc, read_findings, read_submission
 from common.checkpoint import atomic_save
 from scripts.engines import DetectorInferer
-from scripts.ensemble import DetectionEnsembleInferer, find_checkpoints, fuse_nms, fuse_wbf, unflip_boxes
+from scripts.ensemble import (
+    DetectionEnsembleInferer,
+    find_checkpoints,
+    fuse_nms,
+    fuse_wbf,
+    mirror_flips,
+    unflip_boxes,
+)
 from scripts.prepare import LunaDataError, fold_subsets
 from scripts.synthetic import generate
 
@@ -206,6 +213,21 @@ class BlockDetector(torch.nn.Module):
             out.append({"box": _bounding_box(image).float(), "label": torch.zeros(1, dtype=torch.long),
                         "label_scores": score})  # fmt: skip
         return out
+
+
+def test_mirror_flips_and_the_tta_switch() -> None:
+    assert sorted(mirror_flips("all")) == sorted(ALL_FLIPS) and mirror_flips("all")[0] == ()
+    assert mirror_flips("axes") == [(), (0,), (1,), (2,)]
+    assert mirror_flips([[], [1, 0], [2]]) == [(), (0, 1), (2,)]  # an explicit choice, e.g. from --tta_flips
+    for bad in ("some", [], [[3]], [1, 2]):
+        with pytest.raises(ValueError, match="tta_flips"):
+            mirror_flips(bad)
+    inferer = DetectorInferer(BlockDetector(), roi_size=[64, 64, 64])
+    # `monai.bundle run ... --tta false` passes the string "false" (python-fire), which is truthy
+    for value, passes in ((True, 8), ("true", 8), (False, 1), ("false", 1), ("0", 1)):
+        assert DetectionEnsembleInferer(inferer, tta=value).passes() == passes, value
+    with pytest.raises(ValueError, match="fusion"):
+        DetectionEnsembleInferer(inferer, fusion="mean")
 
 
 @pytest.mark.parametrize("fusion", ["wbf", "nms"])
