@@ -25,8 +25,8 @@ writes world mm. ``iou_thresh`` and ``max_detections`` default to the detector's
 boxes per scan), so the members' boxes are merged by the overlap at which the detector already calls two boxes one
 nodule, and an ensemble of identical models without TTA returns the single model's boxes.
 
-``find_checkpoints`` and ``load_networks`` do not depend on this bundle (same contract as the BraTS bundle's); they
-are local because a bundle's ``scripts`` package must stand alone until they move to a shared module.
+``find_checkpoints``, ``load_networks`` and ``mirror_flips`` do not depend on this bundle (same contract as the BraTS
+bundle's); they are local because a bundle's ``scripts`` package must stand alone until they move to a shared module.
 """
 
 from __future__ import annotations
