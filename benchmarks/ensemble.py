@@ -32,6 +32,26 @@ CXR14 protocol (``cxr14_classification``):
 4. Inference cost as for BraTS, per preprocessed test image in the inference batch size, measured in a child
    process (each bundle has its own ``scripts`` package).
 
+LUNA16 protocol (``luna16_detection``, ``--bundles luna16_detection``; fp32, 2 threads):
+
+1. ``scripts.synthetic``: a training root of ``--luna16_n_scans`` scans over subset0..9 (generator seed 0) and a
+   held-out test root of ``--luna16_test_scans`` scans (seed 1, all in its subset0): no fold trains, validates or
+   selects its model on a test scan, so single folds and ensembles are scored on the same held-out scans.
+2. Train official folds 0..K-1 (``--luna16_folds``): ``configs/train.json`` + ``configs/demo.json`` with ``--fold k``
+   (test subset k of the training root unused, validation subset k+1 selects ``models/fold{k}/model.pt``).
+3. Every pass once: each test scan through each fold's network under each of the 8 mirror flips, with the bundle's
+   ``scripts.ensemble.DetectionEnsembleInferer`` (one network, one flip per pass, each pass timed). Each mode fuses
+   its passes with both fusions (``wbf``, ``nms``): single (fold k, identity pass, no fusion), TTA (fold k, 8 or 4
+   flips), ensemble (K folds, identity), ensemble + TTA; then the configs' postprocessing (world mm) and the LUNA16
+   FROC (``scripts.froc``, 1000 bootstrap resamples). Two modes are also run as the documented commands
+   (``evaluate.json --fold 0``; ``evaluate_ensemble.json --tta false``): they must write the same detections
+   ("cli_check").
+4. Cost: the passes' seconds plus the fusion's per test scan (no file reading), relative to one model without TTA.
+
+Writes ``{"luna16_detection": {"single", "tta", "ensemble", "ensemble_tta", "variants", "cost", "protocol", ...}}``
+with CPM and sensitivities at 1/8..8 FP/scan; the top-level figures of a fused mode are those of the configs'
+default fusion, each fusion's in "fusion". Results of the bundles run replace theirs in ``--out``; others are kept.
+
 Writes ``{"<bundle>": {"single", "tta", "ensemble", "ensemble_tta", "cost", "protocol", ...}}`` (BraTS also
 "variants"). "single" and "tta" are the means over the K folds (each fold's figures in "per_fold").
 """
@@ -58,6 +78,7 @@ from common.files import write_json_atomic
 ROOT = Path(__file__).resolve().parents[1]
 BRATS = ROOT / "bundles" / "brats_segmentation"
 CXR14 = ROOT / "bundles" / "cxr14_classification"
+LUNA16 = ROOT / "bundles" / "luna16_detection"
 REGIONS = ("TC", "WT", "ET")
 METRICS = ("test_dice", "test_hd95", "test_dice_nan", "test_hd95_nan")
 
@@ -376,9 +397,205 @@ def cxr14(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def luna16_scores(detections: dict[str, list[list[float]]], data: list[dict[str, Any]]) -> dict[str, Any]:
+    """CPM and sensitivities at the 7 FP rates (LUNA16 rules, ``scripts.froc``) with the CPM's bootstrap CI."""
+    from scripts.froc import evaluate_froc
+
+    nodules = {i["seriesuid"]: i["nodules"] for i in data}
+    excluded = {i["seriesuid"]: i["excluded"] for i in data}
+    r = evaluate_froc(detections, nodules, excluded, sorted(nodules), n_bootstrap=1000)
+    out = {"cpm": r["cpm"]} | {f"sensitivity@{rate}fp": v for rate, v in r["sensitivity_at_fp_rates"].items()}
+    return out | {"cpm_ci95": [round(v, 4) for v in r.get("bootstrap", {}).get("cpm_ci95", [])]}
+
+
+def luna16_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Scores of one run, or the mean of several (one per fold) with each in "per_fold"."""
+    rounded = [{k: v if k == "cpm_ci95" else round(v, 4) for k, v in r.items()} for r in runs]
+    if len(runs) == 1:
+        return rounded[0]
+    mean = {k: round(statistics.fmean(r[k] for r in runs), 4) for k in runs[0] if k != "cpm_ci95"}
+    return {**mean, "per_fold": rounded}
+
+
+def luna16_passes(work: Path, test_root: Path, folds: int) -> tuple[list[dict[str, Any]], Any, Any]:
+    """Every test scan through every fold's network under each of the 8 mirror flips, once, in this process (fp32,
+    2 threads): ``[{"item", "image", "passes": {(k, flips): prediction}, "seconds": {(k, flips): s}}]``, plus a
+    ``DetectionEnsembleInferer`` to fuse them (its ``fusion`` set per mode) and the configs' postprocessing."""
+    import torch
+
+    os.environ["BUNDLES_AMP"] = "0"
+    torch.set_num_threads(2)
+    sys.path.insert(0, str(LUNA16))
+    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[name]  # brats() imports the BraTS bundle's own ``scripts`` package into this process
+    from monai.bundle import ConfigParser
+
+    from common.ensemble import load_networks, mirror_flips
+    from scripts.ensemble import DetectionEnsembleInferer
+
+    parser = ConfigParser()
+    parser.read_config([str(LUNA16 / "configs" / n) for n in ("train.json", "evaluate.json", "demo.json")])
+    parser.update({"bundle_root": str(work), "dataset_dir": str(test_root), "eval_subsets": [0], "use_amp": False})
+    parser.get_parsed_content("imports")
+    parser.get_parsed_content("detector_ops")
+    inferer, device = parser.get_parsed_content("validate#inferer"), parser.get_parsed_content("device")
+    paths = [str(work / "models" / f"fold{k}" / "model.pt") for k in range(folds)]
+    networks = load_networks(parser.get_parsed_content("network_def"), paths, device)
+    one_pass = {(k, f): DetectionEnsembleInferer(inferer, [networks[k]], flips=[f])
+                for k in range(folds) for f in mirror_flips("all")}  # fmt: skip
+    preprocessing = parser.get_parsed_content("validate#preprocessing")
+    items = parser.get_parsed_content("validate#dataset#data")
+    scans = []
+    with torch.no_grad():
+        for n, item in enumerate(items, start=1):
+            image = preprocessing(item)["image"].to(device)
+            scan: dict[str, Any] = {"item": item, "image": image, "passes": {}, "seconds": {}}
+            for key, ens in one_pass.items():
+                start = time.perf_counter()
+                scan["passes"][key] = ens.pass_predictions(image)[0]
+                scan["seconds"][key] = time.perf_counter() - start
+            scans.append(scan)
+            print(f"passes: {n}/{len(items)} test scans", flush=True)
+    return scans, DetectionEnsembleInferer(inferer), parser.get_parsed_content("validate#postprocessing")
+
+
+def luna16(args: argparse.Namespace) -> dict[str, Any]:
+    work = (Path(args.work_dir) / "luna16_detection").resolve()
+    env = benchmark_env()
+    py = sys.executable
+    log: list[dict[str, Any]] = []
+    dataset, test_root = work / "dataset", work / "test_dataset"
+    size = [str(v) for v in args.luna16_size]
+    for root, n, seed, subsets in ((dataset, args.luna16_n_scans, 0, 10), (test_root, args.luna16_test_scans, 1, 1)):
+        if not root.is_dir():
+            gen = ["-m", "scripts.synthetic", "--out_dir", str(root), "--n_scans", str(n), "--size", *size]
+            run([py, *gen, "--n_subsets", str(subsets), "--seed", str(seed)], LUNA16, env, log)
+    bundle_run = [py, "-m", "monai.bundle", "run"]
+    train_cfg = "['configs/train.json','configs/demo.json']"
+    train_seconds = []
+    for k in range(args.luna16_folds):
+        if not (work / "models" / f"fold{k}" / "model.pt").is_file() or args.retrain:
+            cmd = [*bundle_run, "training", "--config_file", train_cfg, "--dataset_dir", str(dataset)]
+            cmd += ["--bundle_root", str(work), "--fold", str(k), "--epochs", str(args.luna16_epochs)]
+            train_seconds.append(run([*cmd, "--val_interval", str(args.luna16_val_interval)], LUNA16, env, log))
+
+    scans, fuser, postprocessing = luna16_passes(work, test_root, args.luna16_folds)
+    from common.ensemble import mirror_flips
+    from scripts.ensemble import FUSIONS
+    from scripts.handlers import detections_of
+
+    folds, all_flips, axes_flips = range(args.luna16_folds), mirror_flips("all"), mirror_flips("axes")
+    data = [s["item"] for s in scans]
+    default_fusion = json.loads((LUNA16 / "configs" / "evaluate_ensemble.json").read_text())["fusion"]
+    seconds: dict[str, list[float]] = {}
+    passes: dict[str, int] = {}
+    kept: dict[tuple[str, int], dict[str, list[list[float]]]] = {}  # (name, first fold) -> detections
+
+    def score(name: str, keys: list[tuple[int, tuple[int, ...]]], fusion: str | None) -> dict[str, Any]:
+        """One run: the passes ``keys`` of every scan, fused (``None``: the one pass as it is), to world mm by the
+        configs' postprocessing, scored; its seconds per scan (passes + fusion) are added to ``seconds[name]``."""
+        detections = {}
+        for s in scans:
+            start = time.perf_counter()
+            if fusion:
+                fuser.fusion = fusion
+                pred = fuser.fuse([s["passes"][key] for key in keys])
+            else:
+                pred = s["passes"][keys[0]]
+            fuse_seconds = time.perf_counter() - start
+            post = postprocessing({**pred, "image": s["image"]})
+            uid = s["item"]["seriesuid"]
+            detections[uid] = detections_of({"pred_box": post["box"], "pred_score": post["label_scores"]})
+            seconds.setdefault(name, []).append(sum(s["seconds"][key] for key in keys) + fuse_seconds)
+        passes[name] = len(keys)
+        kept[(name, keys[0][0])] = detections
+        return luna16_scores(detections, data)
+
+    def fused(name: str, runs: list[list[tuple[int, tuple[int, ...]]]]) -> dict[str, Any]:
+        """A fused mode, each run (one per fold, or the ensemble's one) with both fusions; the top level holds the
+        configs' default fusion."""
+        by_fusion = {f: luna16_summary([score(f"{name}_{f}", keys, f) for keys in runs]) for f in FUSIONS}
+        return {**by_fusion[default_fusion], "fusion": by_fusion}
+
+    single_runs = [score("single", [(k, ())], None) for k in folds]
+    result: dict[str, Any] = {
+        "single": luna16_summary(single_runs),
+        "tta": fused("tta", [[(k, f) for f in all_flips] for k in folds]),
+        "ensemble": fused("ensemble", [[(k, ()) for k in folds]]),
+        "ensemble_tta": fused("ensemble_tta", [[(k, f) for k in folds for f in all_flips]]),
+        "variants": {
+            "tta_axes": fused("tta_axes", [[(k, f) for f in axes_flips] for k in folds]),
+            "ensemble_tta_axes": fused("ensemble_tta_axes", [[(k, f) for k in folds for f in axes_flips]]),
+        },
+    }
+    per_scan = {name: statistics.fmean(t) for name, t in seconds.items()}  # over scans (and folds)
+    result["cost"] = {
+        "seconds_per_scan": {k: round(v, 3) for k, v in per_scan.items()},
+        "network_passes": passes,
+        "multiplier": {k: round(v / per_scan["single"], 2) for k, v in per_scan.items()},
+        "scans": len(scans),
+    }
+
+    # the documented commands, for two of the modes: they must write the detections computed here
+    from scripts.froc import read_predictions
+
+    common = ["--dataset_dir", str(test_root), "--eval_subsets", "[0]", "--bundle_root", str(work)]
+    eval_cfg = "['configs/train.json','configs/evaluate.json','configs/demo.json']"
+    ens_cfg = "['configs/train.json','configs/evaluate.json','configs/demo.json','configs/evaluate_ensemble.json']"
+    paths = json.dumps([str(work / "models" / f"fold{k}" / "model.pt") for k in folds])
+    checks = {}
+    for name, cmd, ours in (
+        ("single_fold0", [eval_cfg, "--fold", "0"], kept[("single", 0)]),
+        ("ensemble", [ens_cfg, "--tta", "false", "--ckpt_paths", paths], kept[(f"ensemble_{default_fusion}", 0)]),
+    ):
+        out = work / "eval" / f"cli_{name}"
+        run([*bundle_run, "evaluating", "--config_file", *cmd, *common, "--output_dir", str(out)], LUNA16, env, log)
+        cli = read_predictions(out / "predictions.csv")  # 3 decimals in mm, 6 for the probability
+        rows = [(a, b) for uid in ours for a, b in zip(ours[uid], cli.get(uid, []))]
+        same_count = all(len(ours[uid]) == len(cli.get(uid, [])) for uid in ours) and set(cli) <= set(ours)
+        mm = max((abs(x - y) for a, b in rows for x, y in zip(a[:3], b[:3])), default=0.0)
+        prob = max((abs(a[3] - b[3]) for a, b in rows), default=0.0)
+        checks[name] = {
+            "detections": len(rows),
+            "same_count": same_count,
+            "max_abs_diff_mm": round(mm, 6),
+            "max_abs_diff_probability": round(prob, 8),
+            "agree": same_count and mm < 6e-4 and prob < 6e-7,
+        }
+        if not checks[name]["agree"]:
+            print(f"WARNING: {name}: the documented command's predictions differ: {checks[name]}", flush=True)
+    n_nodules = sum(len(i["nodules"]) for i in data)
+    protocol = (
+        f"ONE seed, small scale. Synthetic LUNA16 layout, {'x'.join(size)} voxels: training root of "
+        f"{args.luna16_n_scans} scans over subset0..9 (scripts.synthetic seed 0), held-out test root of {len(scans)} "
+        f"scans with {n_nodules} nodules (seed 1; no fold saw them). Official folds 0..{len(folds) - 1}: "
+        f"configs/train.json + configs/demo.json --fold k, {args.luna16_epochs} epochs, validation on subset k+1 "
+        f"every {args.luna16_val_interval} (best CPM kept), training seed 123. fp32, 2 threads (BUNDLES_AMP=0 "
+        "OMP_NUM_THREADS=2 PYTHONHASHSEED=0). Every (fold, flip) pass run once per test scan in-process through "
+        "scripts.ensemble.DetectionEnsembleInferer; each mode fuses its passes with both fusions (wbf: weighted box "
+        "fusion, nms: NMS over the union; both at the detector's NMS IoU 0.22, 300 boxes); top-level figures use the "
+        f"configs' default fusion ({default_fusion}). single and tta: mean over the folds, each alone; tta: all 8 "
+        "mirror flips (variants: identity + 3 single-axis flips). LUNA16 FROC (scripts.froc): CPM = mean sensitivity "
+        "at 1/8..8 FP/scan, cpm_ci95 = 1000 bootstrap resamples of scans (single runs only). Cost: seconds of the "
+        "passes plus the fusion per test scan (no file reading), relative to one model without TTA. cli_check: the "
+        "documented evaluate commands for two modes write the same detections (to the CSV's 3 decimals in mm)."
+    )
+    return {
+        **result,
+        "fusion_default": default_fusion,
+        "fusion_better_on_ensemble_tta": max(FUSIONS, key=lambda f: result["ensemble_tta"]["fusion"][f]["cpm"]),
+        "cli_check": checks,
+        "protocol": protocol,
+        "training_seconds_per_fold": [round(s, 1) for s in train_seconds],
+        "commands": log,
+        "machine": machine_info(2),
+    }
+
+
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "brats_segmentation": brats,
     "cxr14_classification": cxr14,
+    "luna16_detection": luna16,
 }
 
 
@@ -402,6 +619,13 @@ def main() -> None:
     cxr_args.add_argument("--cxr_n_patients", type=int, default=260)
     cxr_args.add_argument("--cxr_size", type=int, default=256)
     cxr_args.add_argument("--cxr_epochs", type=int, default=16)
+    luna_args = p.add_argument_group("luna16_detection")
+    luna_args.add_argument("--luna16_n_scans", type=int, default=60, help="training root, over subset0..9")
+    luna_args.add_argument("--luna16_test_scans", type=int, default=30, help="held-out test root")
+    luna_args.add_argument("--luna16_size", type=json.loads, default=[96, 96, 48], help="voxels of each scan")
+    luna_args.add_argument("--luna16_folds", type=int, default=3, help="official folds 0..K-1 trained and ensembled")
+    luna_args.add_argument("--luna16_epochs", type=int, default=27, help="configs/demo.json's recipe")
+    luna_args.add_argument("--luna16_val_interval", type=int, default=3)
     p.add_argument("--cost_child", default=None, help=argparse.SUPPRESS)  # internal: CXR14 cost of this work dir
     args = p.parse_args()
     if args.cost_child:

@@ -65,7 +65,7 @@ def mirror_flips(mode: str | Sequence[Sequence[int]] = "all", spatial_dims: int 
         bad = [a for a in flip if not isinstance(a, int) or isinstance(a, bool) or not 0 <= a < spatial_dims]
         if bad or len(set(flip)) != len(flip):
             raise ValueError(f"flips: {list(flip)} is not a set of spatial axes 0..{spatial_dims - 1}")
-        flips.append(tuple(flip))
+        flips.append(tuple(sorted(flip)))  # flips along different axes commute
     return flips
 
 

@@ -300,28 +300,40 @@ def fold_datalist(dataset_dir: str | os.PathLike, fold: int = 0, outside: str = 
 def eval_datalist(
     dataset_dir: str | os.PathLike,
     subsets: int | list[int],
-    fold: int | None = None,
+    fold: int | list[int] | None = None,
     outside: str = "error",
 ) -> dict[str, Any]:
     """Every scan of ``subsets`` as ``test`` (what ``evaluate.json`` scores, ``eval_subsets``): needs only these
-    subsets and annotations.csv under ``dataset_dir``, no training split. With ``fold``, subsets that the fold
-    trains or selects the model on are named in a warning (the score would not be held out)."""
+    subsets and annotations.csv under ``dataset_dir``, no training split. With ``fold`` (one fold, or the folds of
+    an ensemble's models), subsets that a fold trains or selects the model on are named in one warning (the score
+    would not be held out)."""
     subsets = sorted({int(k) for k in ([subsets] if isinstance(subsets, int) else subsets)})
     if not subsets:
         raise ValueError("no subsets to evaluate (eval_subsets is empty)")
     items = build_items(dataset_dir, outside=outside, subsets=subsets)
-    if fold is not None:
-        parts = fold_subsets(fold)
-        seen = {name: [k for k in subsets if k in parts[name]] for name in ("training", "validation")}
+    folds = [] if fold is None else [fold] if isinstance(fold, int) else sorted(set(fold))
+    used = []
+    for k in folds:
+        parts = fold_subsets(k)
+        seen = {name: [s for s in subsets if s in parts[name]] for name in ("training", "validation")}
         if any(seen.values()):
             roles = ", ".join(f"{subset_names(ks)} in its {name} split" for name, ks in seen.items() if ks)
-            logger.warning(
-                "evaluating on subsets that fold %d uses (%s): not a held-out score for a model trained on fold %d "
-                "(--fold names the model's fold)",
-                fold,
-                roles,
-                fold,
-            )
+            used.append((k, roles))
+    if len(folds) == 1 and used:
+        logger.warning(
+            "evaluating on subsets that fold %d uses (%s): not a held-out score for a model trained on fold %d "
+            "(--fold names the model's fold)",
+            used[0][0],
+            used[0][1],
+            used[0][0],
+        )
+    elif used:
+        logger.warning(
+            "evaluating on subsets that the ensemble's folds use (%s): not a held-out score for an ensemble of "
+            "folds %s; score an ensemble on scans outside its folds' subsets (another --dataset_dir)",
+            "; ".join(f"fold {k}: {roles}" for k, roles in used),
+            ", ".join(map(str, folds)),
+        )
     n_nodules = sum(len(i["nodules"]) for i in items)
     logger.info("LUNA16 at %s, evaluation on %s: %d scans, %d nodules", dataset_dir, subset_names(subsets),
                 len(items), n_nodules)  # fmt: skip
