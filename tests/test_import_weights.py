@@ -81,6 +81,9 @@ def test_key_check_names_missing_unexpected_and_shapes() -> None:
 
 
 def test_cli_reports_errors_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import conftest
+
+    conftest.activate_bundle(BUNDLES / "brats_segmentation")  # one pytest process imports every bundle's scripts
     torch.save(_net().state_dict(), tmp_path / "small.pt")
     assert main(["model_zoo_brats", str(tmp_path / "small.pt"), str(tmp_path / "out.pt")]) == 2
     err = capsys.readouterr().err
