@@ -117,7 +117,9 @@ def test_import_gives_the_model_zoo_label_maps(published: Path, tmp_path: Path) 
     workflow.initialize()
     workflow.run()
     ours = np.asarray(nib.load(tmp_path / "eval" / f"{case.name}_seg.nii.gz").dataobj)
-    print(f"model zoo pipeline {zoo_seconds:.1f} s, bundle {time.perf_counter() - start:.1f} s")
+    values, counts = np.unique(expected, return_counts=True)
+    print(f"model zoo pipeline {zoo_seconds:.1f} s, bundle {time.perf_counter() - start:.1f} s, voxels per label "
+          f"{dict(zip(values.tolist(), counts.tolist()))}")  # fmt: skip
 
     assert ours.shape == expected.shape
     differing = int((ours != expected).sum())
