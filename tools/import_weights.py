@@ -49,7 +49,7 @@ def import_weights(
     lines = [f"wrote {output} from {checkpoint}", *imported.notes, f"run it from {BUNDLES / source.bundle}:"]
     lines.append(f'  python -m monai.bundle run --config_file "[{configs}]" --ckpt_path {output.resolve()} ...')
     if source.name.startswith("model_zoo"):
-        lines.append("evaluate it (official metrics) on the bundle's test split:")
+        lines.append("score it with the official metrics (docs/README.md, Published weights: its training data):")
         lines.append(
             "  python -m monai.bundle run evaluating --config_file \"['configs/train.json','configs/evaluate.json',"
             f"'configs/{source.override}']\" --ckpt_path {output.resolve()} --dataset_dir ..."
