@@ -137,6 +137,8 @@ def amp_settings(device: torch.device | str, enabled: bool = True, channels_last
             dtype = torch.bfloat16
     if channels_last is None:
         channels_last = dtype is not None or device.type == "cpu"
+    else:
+        channels_last = as_bool(channels_last)
     return AmpSettings(device_type=device.type, dtype=dtype, channels_last=channels_last)
 
 

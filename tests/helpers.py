@@ -1,6 +1,9 @@
 """Plumbing shared by tests across the repository (imported as ``tests.helpers``; the repository root is on
 ``sys.path`` through ``conftest.py``).
 
+``randomize_weights`` and ``calibrate_batch_norm`` give a publisher's network seeded weights with outputs in a
+useful range, for the weight-import exactness tests.
+
 ``HANG_GUARD`` is the one timeout for every subprocess a default-suite test starts. It only stops a hung child
 (a deadlock would otherwise hold CI until its 90-minute limit); it is not a speed check, so it is set far above
 what any run takes on a busy 2-core machine: a test must never fail because the machine was slow.
@@ -8,4 +11,51 @@ what any run takes on a busy 2-core machine: a test must never fail because the 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import torch
+
 HANG_GUARD = 1800  # seconds
+
+
+def randomize_weights(network: torch.nn.Module, seed: int, scale: float = 0.1) -> torch.nn.Module:
+    """Seeded noise on every parameter and float buffer, so that no channel, label or layer equals another.
+
+    A freshly built network has every norm scale 1 and shift 0 and zero biases: an import that swapped two norm
+    layers, two output rows or two input channels could still give the same outputs. Here each tensor gets noise of
+    ``scale`` times its own spread (``scale`` where it is constant); running variances are scaled by 0.5-1.5 so they
+    stay positive. Integer buffers (batch counters) are left alone.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in [*network.named_parameters(), *network.named_buffers()]:
+            if not tensor.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                tensor.mul_(0.5 + torch.rand(tensor.shape, generator=generator, dtype=tensor.dtype))
+                continue
+            noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
+            spread = float(tensor.std()) if tensor.numel() > 1 else 0.0
+            tensor.add_(noise * scale * (spread if spread > 0 else 1.0))
+    return network
+
+
+def calibrate_batch_norm(network: torch.nn.Module, inputs: Iterable[torch.Tensor]) -> torch.nn.Module:
+    """Batch-norm running statistics measured on ``inputs`` (what training leaves behind), then eval mode.
+
+    With arbitrary running statistics a deep network's activations grow layer by layer and its outputs saturate
+    (probabilities exactly 0 or 1, every anchor scoring 1): a comparison at 1e-5 would then pass even with a wrong
+    resize or intensity window. Measured statistics keep the outputs in the range trained weights give.
+    """
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over all inputs
+    network.train()
+    with torch.no_grad():
+        for x in inputs:
+            network(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return network.eval()

@@ -25,6 +25,12 @@ def test_cpu_choice_follows_processor(monkeypatch: pytest.MonkeyPatch) -> None:
     assert amp_settings("cpu").dtype is None
 
 
+@pytest.mark.parametrize("switch, expected", [("false", False), ("true", True), (False, False), (True, True)])
+def test_channels_last_switch_from_the_command_line(switch: str | bool, expected: bool) -> None:
+    """``--channels_last false`` arrives as the string "false", which must not switch channels-last on."""
+    assert amp_settings("cpu", enabled=False, channels_last=switch).channels_last is expected
+
+
 def test_emulated_bf16_is_not_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     monkeypatch.setattr("common.amp.cpu_flags", lambda: {"avx512f", "avx512bw", "avx512_vnni"})

@@ -162,10 +162,12 @@ def _modules_used(configs: list[dict]) -> set[str]:
 def test_one_import_idiom(bundle: Path) -> None:
     """``imports`` lists ``$import <module>`` for exactly the modules the expressions use, with their top-level
     package (MONAI binds ``$import a.b`` to the name ``a.b`` only); ``_target_`` paths need none. train.json
-    imports for the files layered on it (evaluate, multi_gpu_train, demo), whose own ``imports`` would replace it."""
+    imports for the files layered on it (evaluate, multi_gpu_train, demo, the published-weights overrides), whose own
+    ``imports`` would replace it."""
     configs = bundle / "configs"
-    for base, layered in (("train.json", ["evaluate.json", "multi_gpu_train.json", "demo.json"]),
-                          ("inference.json", ["demo.json"])):  # fmt: skip
+    weights = ["weights_model_zoo.json", "weights_xrv.json"]
+    for base, layered in (("train.json", ["evaluate.json", "multi_gpu_train.json", "demo.json", weights[0]]),
+                          ("inference.json", ["demo.json", *weights])):  # fmt: skip
         files = [configs / base, *(configs / f for f in layered if (configs / f).is_file())]
         data = [json.loads(f.read_text()) for f in files]
         modules = _modules_used(data)

@@ -8,6 +8,7 @@ CUDA) around the detector call, and a gradient scaler only for CUDA fp16.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -99,9 +100,27 @@ class DetectionTrainer(Trainer):
         return [{"loss": loss.item(), "cls_loss": cls_loss.item(), "box_loss": box_loss.item()}]
 
 
+WINDOW_RULES = ("any_side", "voxel_count")
+
+
+def needs_sliding_window(shape: Sequence[int], roi_size: Sequence[int], rule: str = "any_side") -> bool:
+    """Whether an image of spatial ``shape`` is run by sliding window rather than in one pass.
+
+    ``any_side`` (this bundle): a side longer than the window, so one pass never needs more memory than a window.
+    ``voxel_count`` (the model zoo's ``RetinaNetInferer``): at least as many voxels as the window; a short, wide scan
+    (e.g. 580x580x140) then runs in one pass. The two differ on such scans, and so do their boxes (windows are
+    stitched), so ``configs/weights_model_zoo.json`` selects the model zoo's rule to reproduce its outputs.
+    """
+    if rule == "any_side":
+        return any(s > r for s, r in zip(shape, roi_size))
+    if rule == "voxel_count":
+        return math.prod(int(s) for s in shape) >= math.prod(int(r) for r in roi_size)
+    raise ValueError(f"sliding window rule must be one of {WINDOW_RULES}, got {rule!r}")
+
+
 class DetectorInferer:
-    """Runs the detector on whole images, or by sliding window (set in ``detector_ops``) when an image exceeds
-    ``roi_size``; returns per image ``{"box": voxel xyzxyz, "label", "label_scores"}`` in float32."""
+    """Runs the detector on whole images, or by sliding window (set in ``detector_ops``) when ``window_rule`` says so
+    (``needs_sliding_window``); returns per image ``{"box": voxel xyzxyz, "label", "label_scores"}`` in float32."""
 
     def __init__(
         self,
@@ -109,18 +128,22 @@ class DetectorInferer:
         roi_size: Sequence[int],
         amp: AmpSettings | None = None,
         force_sliding_window: bool = False,
+        window_rule: str = "any_side",
     ) -> None:
         self.detector = detector
         self.roi_size = list(roi_size)
         self.amp = amp
         self.force_sliding_window = force_sliding_window
+        needs_sliding_window(self.roi_size, self.roi_size, window_rule)  # an unknown rule fails here, not mid-run
+        self.window_rule = window_rule
 
     @torch.no_grad()
     def __call__(self, images: Sequence[torch.Tensor], *args: Any, **kwargs: Any) -> list[dict[str, torch.Tensor]]:
         self.detector.eval()
         outputs = []
         for image in images:  # one at a time: images differ in size and the sliding window is per image
-            use_window = self.force_sliding_window or any(s > r for s, r in zip(image.shape[1:], self.roi_size))
+            whole = not needs_sliding_window(image.shape[1:], self.roi_size, self.window_rule)
+            use_window = self.force_sliding_window or not whole
             if self.amp is not None:
                 with self.amp.autocast():
                     pred = self.detector([image], use_inferer=use_window)[0]
