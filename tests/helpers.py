@@ -11,7 +11,9 @@ what any run takes on a busy 2-core machine: a test must never fail because the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -59,3 +61,22 @@ def calibrate_batch_norm(network: torch.nn.Module, inputs: Iterable[torch.Tensor
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     return network.eval()
+
+
+def bundle_workflow(bundle: Path, config_files: Sequence[str | Path], workflow_type: str, run_id: str, **override: Any):
+    """An initialized MONAI ``ConfigWorkflow`` of ``bundle`` as ``monai.bundle run`` builds it: ``config_files``
+    (names inside ``bundle/configs`` or paths) layered in order, the bundle's metadata and logging.conf, and the
+    ``override`` ids (``--<id> value`` on the command line)."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = Path(bundle) / "configs"
+    wf = ConfigWorkflow(
+        config_file=[str(configs / f) for f in config_files],  # an absolute path stays as it is
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        workflow_type=workflow_type,
+        run_id=run_id,
+        **override,
+    )
+    wf.initialize()
+    return wf

@@ -23,6 +23,7 @@ from common.ensemble import EnsembleInferer, find_checkpoints, mirror_flips
 from scripts.brats import convention
 from scripts.prepare import fold_split, load_split, prepare, split_cases
 from scripts.synthetic import generate
+from tests.helpers import bundle_workflow
 
 BUNDLE = Path(__file__).resolve().parents[1]
 SIZE = (48, 48, 32)
@@ -45,16 +46,7 @@ def _configs(*names: str) -> list[str]:
 
 
 def _workflow(config_files: list[str], workflow_type: str, run_id: str, **override) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=config_files,
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        logging_file=str(BUNDLE / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        run_id=run_id,
-        **override,
-    )
-    wf.initialize()
-    return wf
+    return bundle_workflow(BUNDLE, config_files, workflow_type, run_id, **override)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from scripts.prepare import find_cases, inference_items, prepare
 from scripts.studies import stack_case
 from scripts.synthetic import generate
 from scripts.writers import SaveBratsSegd
+from tests.helpers import bundle_workflow
 
 BUNDLE = Path(__file__).resolve().parents[1]
 REPO = BUNDLE.parents[1]
@@ -64,16 +65,7 @@ def _copy_dataset(src: Path, dst: Path) -> Path:
 
 
 def _workflow(config_files: list[str], workflow_type: str, run_id: str, **override) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=config_files,
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        logging_file=str(BUNDLE / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        run_id=run_id,
-        **override,
-    )
-    wf.initialize()
-    return wf
+    return bundle_workflow(BUNDLE, config_files, workflow_type, run_id, **override)
 
 
 # ---------------------------------------------------------------- prepare and label conventions

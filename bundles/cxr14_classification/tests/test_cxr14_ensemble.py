@@ -23,6 +23,7 @@ from scripts.labels import LABELS
 from scripts.networks import cxr_network
 from scripts.prepare import out_of_fold, prepare_datalist
 from scripts.synthetic import generate
+from tests.helpers import bundle_workflow
 
 BUNDLE = Path(__file__).resolve().parents[1]
 TINY = {"image_size": 64, "num_workers": 0, "batch_size": 8, "max_epochs": 1, "use_amp": False}
@@ -34,16 +35,7 @@ def _configs(*names: str) -> list[str]:
 
 
 def _workflow(names: tuple[str, ...], workflow_type: str, run_id: str, **override) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=_configs(*names),
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        logging_file=str(BUNDLE / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        run_id=run_id,
-        **override,
-    )
-    wf.initialize()
-    return wf
+    return bundle_workflow(BUNDLE, names, workflow_type, run_id, **override)
 
 
 def _run(names: tuple[str, ...], workflow_type: str, run_id: str, **override) -> ConfigWorkflow:

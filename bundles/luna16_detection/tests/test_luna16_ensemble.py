@@ -24,6 +24,7 @@ from scripts.engines import DetectorInferer
 from scripts.ensemble import DetectionEnsembleInferer, fuse_nms, fuse_wbf, unflip_boxes
 from scripts.prepare import fold_subsets
 from scripts.synthetic import generate
+from tests.helpers import bundle_workflow
 
 BUNDLE = Path(__file__).resolve().parents[1]
 FP32 = {"use_amp": False, "num_workers": 0}
@@ -36,16 +37,7 @@ def _configs(*names: str) -> list[str]:
 
 
 def _workflow(names: tuple[str, ...], workflow_type: str, run_id: str, **override) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=_configs(*names),
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        logging_file=str(BUNDLE / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        run_id=run_id,
-        **override,
-    )
-    wf.initialize()
-    return wf
+    return bundle_workflow(BUNDLE, names, workflow_type, run_id, **override)
 
 
 @pytest.fixture(scope="module")
