@@ -16,13 +16,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import SegResNet
 from monai.transforms import Activationsd, AsDiscreted, Compose, Lambdad, LoadImaged, NormalizeIntensityd
 
 from scripts.synthetic import LAYOUTS, generate
-from tests.helpers import randomize_weights
+from tests.helpers import bundle_workflow, randomize_weights
 from tools.import_weights import import_weights
 from tools.weights.publisher import WeightsImportError
 
@@ -102,19 +102,17 @@ def test_import_gives_the_model_zoo_label_maps(published: Path, tmp_path: Path) 
     assert ckpt["info"]["source"] == "model_zoo_brats" and set(ckpt["model"]) == set(network.state_dict())
 
     start = time.perf_counter()
-    workflow = ConfigWorkflow(
-        config_file=CONFIGS,
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        logging_file=str(BUNDLE / "configs" / "logging.conf"),
-        workflow_type="inference",
-        run_id="run",
+    workflow = bundle_workflow(
+        BUNDLE,
+        CONFIGS,
+        "inference",
+        "run",
         bundle_root=str(BUNDLE),
         ckpt_path=str(imported),
         dataset_dir=str(case),
         output_dir=str(tmp_path / "eval"),
         val_roi_size=TEST_ROI,
     )
-    workflow.initialize()
     workflow.run()
     ours = np.asarray(nib.load(tmp_path / "eval" / f"{case.name}_seg.nii.gz").dataobj)
     values, counts = np.unique(expected, return_counts=True)

@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 import torch
 import torchxrayvision as xrv
-from monai.bundle import ConfigWorkflow
 from PIL import Image
 from scipy import ndimage
 
 from common.checkpoint import CheckpointError, atomic_save
 from scripts.labels import LABELS
-from tests.helpers import calibrate_batch_norm, randomize_weights
+from tests.helpers import bundle_workflow, calibrate_batch_norm, randomize_weights
 from tools.import_weights import import_weights
 from tools.weights.publisher import WeightsImportError
 
@@ -78,12 +77,11 @@ def xrv_outputs(network: torch.nn.Module, png: Path, op_threshs: torch.Tensor | 
 
 
 def _bundle_probabilities(ckpt: Path, images: Path, out: Path, **override: object) -> dict[str, dict[str, float]]:
-    workflow = ConfigWorkflow(
-        config_file=CONFIGS,
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        logging_file=str(BUNDLE / "configs" / "logging.conf"),
-        workflow_type="inference",
-        run_id="run",
+    workflow = bundle_workflow(
+        BUNDLE,
+        CONFIGS,
+        "inference",
+        "run",
         bundle_root=str(BUNDLE),
         ckpt_path=str(ckpt),
         dataset_dir=str(images),
@@ -91,7 +89,6 @@ def _bundle_probabilities(ckpt: Path, images: Path, out: Path, **override: objec
         num_workers=0,
         **override,
     )
-    workflow.initialize()
     workflow.run()
     with open(out / "predictions.csv", newline="") as f:
         return {Path(r.pop("image")).name: {k: float(v) for k, v in r.items()} for r in csv.DictReader(f)}
