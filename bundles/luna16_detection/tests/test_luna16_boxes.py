@@ -105,22 +105,3 @@ def test_matches_monai_affine_box_transform_on_axis_aligned_scans(items: list[di
             np.testing.assert_allclose(ours, theirs, atol=1e-3)  # sizes too when the grid is axis-aligned
             compared += 1
     assert compared > 0
-
-
-@pytest.mark.parametrize("value, resampled", [(True, True), ("true", True), (False, False), ("false", False)])
-def test_resample_switch_from_the_command_line(value, resampled: bool) -> None:
-    """``--resample false`` arrives from python-fire as the text "false" (truthy): it must still turn resampling off,
-    in inference and in training."""
-    from pathlib import Path
-
-    from monai.bundle import ConfigParser
-
-    configs = Path(__file__).resolve().parents[1] / "configs"
-    for files, key in ((["inference.json"], "preprocessing"), (["train.json"], "load_transforms")):
-        parser = ConfigParser()
-        parser.read_config([str(configs / f) for f in files])
-        parser.update({"resample": value})
-        parser.get_parsed_content("imports")
-        content = parser.get_parsed_content(key)
-        transforms = content.transforms if isinstance(content, Compose) else content
-        assert any(isinstance(t, Spacingd) for t in transforms) == resampled, (files, value)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from monai.bundle import ConfigParser
+from monai.transforms import Compose, Spacingd
 
 from benchmarks.scoring import luna16_froc, read_findings, read_submission
 from common.checkpoint import latest_checkpoint
@@ -180,3 +182,18 @@ def test_sliding_window_follows_the_device(monkeypatch) -> None:
             parser = ConfigParser()
             parser.read_config(str(BUNDLE / "configs" / config))
             assert parser.get_parsed_content("val_patch_size") == window, (config, cuda)
+
+
+@pytest.mark.parametrize("value, resampled", [(True, True), ("true", True), (False, False), ("false", False)])
+def test_resample_switch_from_the_command_line(value, resampled: bool) -> None:
+    """``--resample false`` arrives from python-fire as the text "false" (truthy): it must still turn resampling off,
+    in inference and in training."""
+    configs = BUNDLE / "configs"
+    for files, key in ((["inference.json"], "preprocessing"), (["train.json"], "load_transforms")):
+        parser = ConfigParser()
+        parser.read_config([str(configs / f) for f in files])
+        parser.update({"resample": value})
+        parser.get_parsed_content("imports")
+        content = parser.get_parsed_content(key)
+        transforms = content.transforms if isinstance(content, Compose) else content
+        assert any(isinstance(t, Spacingd) for t in transforms) == resampled, (files, value)
