@@ -24,6 +24,7 @@ help:
 	@echo "make benchmark  reproduce the committed synthetic numbers (benchmarks/expected.json); BRATS_DIR=... for real data"
 	@echo "make benchmark-planted  plant known faults and check that the benchmark catches each (after make benchmark)"
 	@echo "make pack    zip each bundle (model-zoo layout, with common/) into dist/<name>_v<version>.zip"
+	@echo "make benchmark-ensemble  folds, ensembles and TTA of every bundle, 3 seeds (hours; -ci: toy size, minutes)"
 	@echo "make mutate  mutation testing (mutmut) of the metric and label modules -> benchmarks/results/mutation.json"
 
 $(STAMP): requirements.txt pyproject.toml
@@ -98,6 +99,22 @@ PLANTED_ARGS ?=
 .PHONY: benchmark-planted
 benchmark-planted: $(STAMP)
 	$(PY) -m benchmarks.planted $(PLANTED_ARGS)
+
+# Folds, ensembles and TTA (benchmarks/ensemble.py): the full table, 3 training seeds of every bundle, several hours
+# on 2 cores (ENSEMBLE_ARGS="--bundles cxr14_classification --seeds 1" for a part); results in
+# benchmarks/results/ensemble.json. The CI-sized version runs the same protocol at toy size (2 folds, 2 epochs, one
+# seed) into work_dirs/ensemble_ci: its figures mean nothing, it proves that every step and documented command runs.
+ENSEMBLE_ARGS ?=
+.PHONY: benchmark-ensemble benchmark-ensemble-ci
+benchmark-ensemble: $(STAMP)
+	$(PY) -m benchmarks.ensemble $(ENSEMBLE_ARGS)
+
+benchmark-ensemble-ci: $(STAMP)
+	rm -rf work_dirs/ensemble_ci
+	$(PY) -m benchmarks.ensemble --work_dir work_dirs/ensemble_ci --out work_dirs/ensemble_ci/ensemble.json \
+		--seeds 0 --folds 2 --repeats 1 --n_cases 12 --size '[48,48,48]' --val_roi_size '[48,48,48]' --epochs 2 \
+		--val_interval 1 --cxr_n_patients 60 --cxr_size 128 --cxr_epochs 2 --luna16_n_scans 20 \
+		--luna16_test_scans 4 --luna16_folds 2 --luna16_epochs 2 --luna16_val_interval 1
 
 # Mutation testing of the metric and label-mapping modules (tools/mutation.py): one mutmut group at a time, staged
 # outside the repository, at most MUTATE_CHILDREN test processes; fails unless each module kills >= 90% of its

@@ -52,8 +52,15 @@ Writes ``{"luna16_detection": {"single", "tta", "ensemble", "ensemble_tta", "var
 with CPM and sensitivities at 1/8..8 FP/scan; the top-level figures of a fused mode are those of the configs'
 default fusion, each fusion's in "fusion". Results of the bundles run replace theirs in ``--out``; others are kept.
 
-Writes ``{"<bundle>": {"single", "tta", "ensemble", "ensemble_tta", "cost", "protocol", ...}}`` (BraTS also
-"variants"). "single" and "tta" are the means over the K folds (each fold's figures in "per_fold").
+Seeds: every bundle runs once per training seed (``--seeds``, default 0 1 2; ``<work_dir>/<bundle>/seed<s>``, the
+synthetic data and the splits shared by all seeds). A bundle's entry holds the mean of every figure over the seeds,
+its sample standard deviation ("sd") and each seed's value ("per_seed"); each seed's full results, commands and
+times are under "runs". Seeds run earlier with the same settings stay in the file and enter the mean, so
+``--seeds 1`` adds a seed to a finished table; a run with other settings replaces them.
+
+Writes ``{"<bundle>": {"seeds", "single", "tta", "ensemble", "ensemble_tta", "cost", "protocol", "runs", ...}}``
+(BraTS and LUNA16 also "variants"). Within a seed, "single" and "tta" are the means over the K folds (each fold's
+figures in that seed's "per_fold").
 """
 
 from __future__ import annotations
@@ -153,7 +160,7 @@ def time_modes(runners: dict[str, tuple[Callable[[Any], Any], int]], inputs: lis
     }
 
 
-def inference_cost(work: Path, folds: int, roi: list[int], repeats: int) -> dict[str, Any]:
+def inference_cost(work: Path, dataset: Path, folds: int, roi: list[int], repeats: int) -> dict[str, Any]:
     """Seconds of the inferer per test volume for each mode (``time_modes``), in this process (2 threads, fp32)."""
     import torch
 
@@ -168,7 +175,7 @@ def inference_cost(work: Path, folds: int, roi: list[int], repeats: int) -> dict
     def parsed(names: tuple[str, ...], **over: Any) -> ConfigParser:
         parser = ConfigParser()
         parser.read_config([str(BRATS / "configs" / n) for n in names])
-        parser.update({"bundle_root": str(work), "dataset_dir": str(work / "dataset"), "val_roi_size": roi, **over})
+        parser.update({"bundle_root": str(work), "dataset_dir": str(dataset), "val_roi_size": roi, **over})
         parser.get_parsed_content("imports")
         return parser
 
@@ -184,7 +191,7 @@ def inference_cost(work: Path, folds: int, roi: list[int], repeats: int) -> dict
     plain = parsed(("inference.json", "demo.json"))
     network = load_weights(plain.get_parsed_content("network"), models[0])
     preprocessing = plain.get_parsed_content("preprocessing")
-    images = [preprocessing({"image": c["image"]})["image"][None] for c in load_split(work / "dataset", "testing")]
+    images = [preprocessing({"image": c["image"]})["image"][None] for c in load_split(dataset, "testing")]
     runners = {"plain inference.json": (lambda x: plain.get_parsed_content("inferer")(x, network.eval()), 1)}
     for mode, (paths, tta, flips) in modes.items():
         over = {"ckpt_paths": paths, "tta": tta, "tta_flips": flips}
@@ -195,12 +202,12 @@ def inference_cost(work: Path, folds: int, roi: list[int], repeats: int) -> dict
     return time_modes(runners, images, repeats)
 
 
-def brats(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(args.work_dir).resolve() / "brats_segmentation"
+def brats(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    dataset = Path(args.work_dir).resolve() / "brats_segmentation" / "dataset"
+    work = dataset.parent / f"seed{seed}"
     env = benchmark_env()
     py = sys.executable
     log: list[dict[str, Any]] = []
-    dataset = work / "dataset"
     size = json.dumps(args.size, separators=(",", ":"))
     if not dataset.is_dir():
         gen = ["-m", "scripts.synthetic", str(dataset), "--n_cases", str(args.n_cases), "--layout", "2021"]
@@ -215,14 +222,8 @@ def brats(args: argparse.Namespace) -> dict[str, Any]:
     for k in range(args.folds):
         if not (work / "models" / f"fold{k}" / "model.pt").is_file() or args.retrain:
             cmd = [*bundle_run, "training", "--config_file", train_cfg, *common, "--fold", str(k)]
-            cmd += [
-                "--num_folds",
-                str(args.folds),
-                "--epochs",
-                str(args.epochs),
-                "--val_interval",
-                str(args.val_interval),
-            ]
+            cmd += ["--num_folds", str(args.folds), "--epochs", str(args.epochs), "--seed", str(seed)]
+            cmd += ["--val_interval", str(args.val_interval)]
             train_seconds.append(run(cmd, BRATS, env, log))
 
     def evaluate(name: str, config: str, *extra: str) -> dict[str, float]:
@@ -245,16 +246,16 @@ def brats(args: argparse.Namespace) -> dict[str, Any]:
     ensemble = evaluate("ensemble", ens_cfg, "--tta", "false")
     ensemble_tta = evaluate("ensemble_tta", ens_cfg)
     ensemble_tta_axes = evaluate("ensemble_tta_axes", ens_cfg, "--tta_flips", "axes")
-    cost = inference_cost(work, args.folds, args.val_roi_size, args.repeats)
+    cost = inference_cost(work, dataset, args.folds, args.val_roi_size, args.repeats)
     datalist = json.loads((work / "eval" / "fold0" / "datalist.json").read_text())
     fold_sizes = [len(json.loads((work / "eval" / f"fold{k}" / "datalist.json").read_text())["validation"])
                   for k in range(args.folds)]  # fmt: skip
     protocol = (
-        f"ONE seed, small scale. Synthetic BraTS 2021 layout, {args.n_cases} cases of {'x'.join(map(str, args.size))} "
+        f"Small scale. Synthetic BraTS 2021 layout, {args.n_cases} cases of {'x'.join(map(str, args.size))} "
         f"voxels (scripts.synthetic seed 0); fixed test split of {len(datalist['testing'])} cases (split seed 12345, "
         f"70/15/15); the other {sum(fold_sizes)} cases in {args.folds} folds (validation parts {fold_sizes}). Each "
         f"fold: configs/train.json + configs/demo.json, {args.epochs} epochs, validation every {args.val_interval} "
-        f"(best validation Dice kept), training seed 123, sliding window {args.val_roi_size}. fp32, 2 threads "
+        f"(best validation Dice kept), training seed {seed}, sliding window {args.val_roi_size}. fp32, 2 threads "
         "(BUNDLES_AMP=0 OMP_NUM_THREADS=2 PYTHONHASHSEED=0). Scores: evaluate.json's test metrics on the test split "
         "(test_dice/test_hd95: BraTS empty-case rule; *_nan: empty references excluded). single and tta: mean over "
         "the folds, each alone; ensemble: mean sigmoid probability of the folds; tta: mirroring along all 8 subsets "
@@ -287,7 +288,7 @@ def read_cxr14_metrics(folder: Path) -> dict[str, float]:
     return {"mean_auroc": report["summary"]["auroc"]} | {f"auroc_{n}": per_label[n] for n in CXR14_LABELS}
 
 
-def cxr14_cost(work: Path, folds: int, repeats: int) -> dict[str, Any]:
+def cxr14_cost(work: Path, dataset: Path, folds: int, repeats: int) -> dict[str, Any]:
     """Seconds of the inferer per preprocessed test image for each mode (``time_modes``), in batches of the
     inference batch size, in this process (2 threads, fp32)."""
     import torch
@@ -303,7 +304,7 @@ def cxr14_cost(work: Path, folds: int, repeats: int) -> dict[str, Any]:
     def parsed(names: tuple[str, ...], **over: Any) -> ConfigParser:
         parser = ConfigParser()
         parser.read_config([str(CXR14 / "configs" / n) for n in names])
-        parser.update({"bundle_root": str(work), "dataset_dir": str(work / "dataset"), **over})
+        parser.update({"bundle_root": str(work), "dataset_dir": str(dataset), **over})
         parser.get_parsed_content("imports")
         return parser
 
@@ -317,7 +318,7 @@ def cxr14_cost(work: Path, folds: int, repeats: int) -> dict[str, Any]:
     plain = parsed(("inference.json", "demo.json"))
     network = load_weights(plain.get_parsed_content("network"), models[0])
     preprocessing = plain.get_parsed_content("preprocessing")
-    images = [preprocessing({"image": i["image"]})["image"] for i in prepare_datalist(work / "dataset")["test"]]
+    images = [preprocessing({"image": i["image"]})["image"] for i in prepare_datalist(dataset)["test"]]
     size = plain.get_parsed_content("batch_size")
     batches = [torch.stack(images[i : i + size]) for i in range(0, len(images), size)]
     runners = {"plain inference.json": (lambda x: plain.get_parsed_content("inferer")(x, network.eval()), 1)}
@@ -330,12 +331,12 @@ def cxr14_cost(work: Path, folds: int, repeats: int) -> dict[str, Any]:
     return {**time_modes(runners, batches, repeats, unit="image", digits=5), "batch_size": size}
 
 
-def cxr14(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(args.work_dir).resolve() / "cxr14_classification"
+def cxr14(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    dataset = Path(args.work_dir).resolve() / "cxr14_classification" / "dataset"
+    work = dataset.parent / f"seed{seed}"
     env = benchmark_env()
     py = sys.executable
     log: list[dict[str, Any]] = []
-    dataset = work / "dataset"
     if not (dataset / "Data_Entry_2017.csv").is_file():
         gen = ["-m", "scripts.synthetic", str(dataset), "--n_patients", str(args.cxr_n_patients)]
         run([py, *gen, "--size", str(args.cxr_size), "--seed", "0", "--n_dicom", "0"], CXR14, env, log)
@@ -348,7 +349,8 @@ def cxr14(args: argparse.Namespace) -> dict[str, Any]:
     for k in range(args.folds):
         if not (work / "models" / f"fold{k}" / "model.pt").is_file() or args.retrain:
             cmd = [*bundle_run, "training", "--config_file", train_cfg, *common, "--fold", str(k)]
-            train_seconds.append(run([*cmd, "--max_epochs", str(args.cxr_epochs)], CXR14, env, log))
+            cmd += ["--max_epochs", str(args.cxr_epochs), "--seed", str(seed)]
+            train_seconds.append(run(cmd, CXR14, env, log))
 
     def evaluate(name: str, config: str, *extra: str) -> dict[str, float]:
         out = work / "eval" / name
@@ -362,7 +364,7 @@ def cxr14(args: argparse.Namespace) -> dict[str, Any]:
     ensemble_tta = evaluate("ensemble_tta", ens_cfg, "--tta", "true")
     # the cost is timed in a child process: this one may hold the BraTS bundle's `scripts` package
     cost_file = work / "eval" / "cost.json"
-    child = ["-m", "benchmarks.ensemble", "--cost_child", str(work), "--folds", str(args.folds)]
+    child = ["-m", "benchmarks.ensemble", "--cost_child", str(work), str(dataset), "--folds", str(args.folds)]
     run([py, *child, "--repeats", str(args.repeats), "--out", str(cost_file)], ROOT, env, log)
     cost = json.loads(cost_file.read_text())
 
@@ -371,18 +373,19 @@ def cxr14(args: argparse.Namespace) -> dict[str, Any]:
     val_images = [len(f["validation"]) for f in folds]
     test = folds[0]["test"]
     protocol = (
-        f"ONE seed, small scale. Synthetic NIH ChestX-ray14 layout, {args.cxr_n_patients} patients, "
+        f"Small scale. Synthetic NIH ChestX-ray14 layout, {args.cxr_n_patients} patients, "
         f"{args.cxr_size} px PNGs (scripts.synthetic seed 0); test set: the generated official-style test_list.txt, "
         f"{len(test)} images of {len({i['patient'] for i in test})} patients; the train_val_list.txt patients in "
         f"{args.folds} patient-level folds (split seed 0; validation parts of {val_patients} patients, {val_images} "
         f"images). Each fold: configs/train.json + configs/demo.json (small DenseNet, 96 px), {args.cxr_epochs} "
-        "epochs, best validation mean AUROC kept, training seed 0. fp32, 2 threads (BUNDLES_AMP=0 OMP_NUM_THREADS=2 "
-        "PYTHONHASHSEED=0). Scores: the bundle's evaluation on the test list (metrics.json: AUROC per label and "
-        "their mean over labels with positives). single: evaluate.json --fold k; tta: evaluate_ensemble.json "
-        "--fold k --tta true (mean of the image and its left-right mirror); ensemble: evaluate_ensemble.json (mean "
-        "sigmoid probability of the folds); ensemble_tta: the same with the mirror. single and tta: mean over the "
-        "folds, each alone. Cost: inferer seconds per preprocessed test image, in batches of the inference batch "
-        "size (fastest of the repeats, modes interleaved), relative to one model without TTA."
+        f"epochs, best validation mean AUROC kept, training seed {seed}. fp32, 2 threads (BUNDLES_AMP=0 "
+        "OMP_NUM_THREADS=2 PYTHONHASHSEED=0). Scores: the bundle's evaluation on the test list (metrics.json: AUROC"
+        " per label and their mean over labels with positives). single: evaluate.json --fold k; tta: "
+        "evaluate_ensemble.json --fold k --tta true (mean of the image and its left-right mirror); ensemble: "
+        "evaluate_ensemble.json (mean sigmoid probability of the folds); ensemble_tta: the same with the mirror. "
+        "single and tta: mean over the folds, each alone. Cost: inferer seconds per preprocessed test image, in "
+        "batches of the inference batch size (fastest of the repeats, modes interleaved), relative to one model "
+        "without TTA."
     )
     return {
         "single": {**rounded(mean_of(single)), "per_fold": [rounded(r) for r in single]},
@@ -459,12 +462,13 @@ def luna16_passes(work: Path, test_root: Path, folds: int) -> tuple[list[dict[st
     return scans, DetectionEnsembleInferer(inferer), parser.get_parsed_content("validate#postprocessing")
 
 
-def luna16(args: argparse.Namespace) -> dict[str, Any]:
-    work = (Path(args.work_dir) / "luna16_detection").resolve()
+def luna16(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    root = (Path(args.work_dir) / "luna16_detection").resolve()
+    work = root / f"seed{seed}"
     env = benchmark_env()
     py = sys.executable
     log: list[dict[str, Any]] = []
-    dataset, test_root = work / "dataset", work / "test_dataset"
+    dataset, test_root = root / "dataset", root / "test_dataset"
     size = [str(v) for v in args.luna16_size]
     for root, n, seed, subsets in ((dataset, args.luna16_n_scans, 0, 10), (test_root, args.luna16_test_scans, 1, 1)):
         if not root.is_dir():
@@ -477,6 +481,7 @@ def luna16(args: argparse.Namespace) -> dict[str, Any]:
         if not (work / "models" / f"fold{k}" / "model.pt").is_file() or args.retrain:
             cmd = [*bundle_run, "training", "--config_file", train_cfg, "--dataset_dir", str(dataset)]
             cmd += ["--bundle_root", str(work), "--fold", str(k), "--epochs", str(args.luna16_epochs)]
+            cmd += ["--seed", str(seed)]
             train_seconds.append(run([*cmd, "--val_interval", str(args.luna16_val_interval)], LUNA16, env, log))
 
     scans, fuser, postprocessing = luna16_passes(work, test_root, args.luna16_folds)
@@ -566,11 +571,11 @@ def luna16(args: argparse.Namespace) -> dict[str, Any]:
             print(f"WARNING: {name}: the documented command's predictions differ: {checks[name]}", flush=True)
     n_nodules = sum(len(i["nodules"]) for i in data)
     protocol = (
-        f"ONE seed, small scale. Synthetic LUNA16 layout, {'x'.join(size)} voxels: training root of "
+        f"Small scale. Synthetic LUNA16 layout, {'x'.join(size)} voxels: training root of "
         f"{args.luna16_n_scans} scans over subset0..9 (scripts.synthetic seed 0), held-out test root of {len(scans)} "
         f"scans with {n_nodules} nodules (seed 1; no fold saw them). Official folds 0..{len(folds) - 1}: "
         f"configs/train.json + configs/demo.json --fold k, {args.luna16_epochs} epochs, validation on subset k+1 "
-        f"every {args.luna16_val_interval} (best CPM kept), training seed 123. fp32, 2 threads (BUNDLES_AMP=0 "
+        f"every {args.luna16_val_interval} (best CPM kept), training seed {seed}. fp32, 2 threads (BUNDLES_AMP=0 "
         "OMP_NUM_THREADS=2 PYTHONHASHSEED=0). Every (fold, flip) pass run once per test scan in-process through "
         "scripts.ensemble.DetectionEnsembleInferer; each mode fuses its passes with both fusions (wbf: weighted box "
         "fusion, nms: NMS over the union; both at the detector's NMS IoU 0.22, 300 boxes); top-level figures use the "
@@ -592,7 +597,59 @@ def luna16(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-BENCHMARKS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+def numeric(d: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def across_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean over seeds of every figure in ``runs`` (one dict per seed, nested dicts such as LUNA16's "fusion" or
+    the cost's "multiplier" alike), its sample standard deviation ("sd") and each seed's figures ("per_seed")."""
+    figures = numeric(runs[0])
+    out: dict[str, Any] = {k: round(statistics.fmean(r[k] for r in runs), 4) for k in figures}
+    for k, v in runs[0].items():
+        if isinstance(v, dict):
+            out[k] = across_seeds([r[k] for r in runs])
+    if figures and len(runs) > 1:
+        out["sd"] = {k: round(statistics.stdev(r[k] for r in runs), 4) for k in figures}
+    if figures:
+        out["per_seed"] = [{k: r[k] for k in figures} for r in runs]
+    return out
+
+
+# the arguments that change a bundle's figures: runs of different settings are not averaged together
+SETTINGS = {
+    "brats_segmentation": ("folds", "n_cases", "size", "val_roi_size", "epochs", "val_interval"),
+    "cxr14_classification": ("folds", "cxr_n_patients", "cxr_size", "cxr_epochs"),
+    "luna16_detection": ("luna16_n_scans", "luna16_test_scans", "luna16_size", "luna16_folds", "luna16_epochs",
+                         "luna16_val_interval"),
+}  # fmt: skip
+
+
+def summary(name: str, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A bundle's entry in the results file: every mode averaged over the seeds in ``runs`` (seed -> one run's
+    results), the runs themselves under "runs"."""
+    seeds = sorted(runs, key=int)
+    ordered = [runs[s] for s in seeds]
+    modes = ("single", "tta", "ensemble", "ensemble_tta", "variants", "cost")
+    entry: dict[str, Any] = {"seeds": [int(s) for s in seeds]}
+    entry |= {m: across_seeds([r[m] for r in ordered]) for m in modes if m in ordered[0]}
+    if name == "luna16_detection":
+        fusions = entry["ensemble_tta"]["fusion"]
+        entry["fusion_default"] = ordered[0]["fusion_default"]
+        entry["fusion_better_on_ensemble_tta"] = max(fusions, key=lambda f: fusions[f]["cpm"])
+        entry["cli_check_agree"] = all(c["agree"] for r in ordered for c in r["cli_check"].values())
+    first = ordered[0]["protocol"].replace(f"training seed {seeds[0]}", "the training seed")
+    entry["protocol"] = (
+        f"Mean over {len(seeds)} training seed(s) {entry['seeds']}: the data, the splits and the folds are the same "
+        "for every seed, each seed trains every fold again; 'sd' is the sample standard deviation over the seeds, "
+        "'per_seed' each seed's figures in the order of 'seeds' (every command of each seed under 'runs'). " + first
+    )
+    entry["runs"] = {s: runs[s] for s in seeds}
+    entry["machine"] = ordered[-1]["machine"]
+    return entry
+
+
+BENCHMARKS: dict[str, Callable[[argparse.Namespace, int], dict[str, Any]]] = {
     "brats_segmentation": brats,
     "cxr14_classification": cxr14,
     "luna16_detection": luna16,
@@ -609,6 +666,14 @@ def main() -> None:
     p.add_argument("--folds", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--retrain", action="store_true", help="train again even where models/fold{k}/model.pt exists")
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0, 1, 2],
+        help="training seeds (<work_dir>/<bundle>/seed<s>); runs of other seeds with the same settings already in "
+        "--out are kept and averaged with these",
+    )
     brats_args = p.add_argument_group("brats_segmentation")
     brats_args.add_argument("--n_cases", type=int, default=24)
     brats_args.add_argument("--size", type=json.loads, default=[64, 64, 48])
@@ -626,17 +691,31 @@ def main() -> None:
     luna_args.add_argument("--luna16_folds", type=int, default=3, help="official folds 0..K-1 trained and ensembled")
     luna_args.add_argument("--luna16_epochs", type=int, default=27, help="configs/demo.json's recipe")
     luna_args.add_argument("--luna16_val_interval", type=int, default=3)
-    p.add_argument("--cost_child", default=None, help=argparse.SUPPRESS)  # internal: CXR14 cost of this work dir
+    p.add_argument("--cost_child", nargs=2, default=None, help=argparse.SUPPRESS)  # internal: CXR14 cost (work, data)
     args = p.parse_args()
     if args.cost_child:
-        write_json_atomic(cxr14_cost(Path(args.cost_child), args.folds, args.repeats), args.out, indent=2)
+        work, dataset = map(Path, args.cost_child)
+        write_json_atomic(cxr14_cost(work, dataset, args.folds, args.repeats), args.out, indent=2)
         return
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {}
     for name in args.bundles:
-        result[name] = BENCHMARKS[name](args)
-        write_json_atomic(result, out, indent=2)  # after each bundle: a later failure keeps the finished ones
+        settings = {k: getattr(args, k) for k in SETTINGS[name]}
+        runs = result.get(name, {}).get("runs", {})
+        if any(r.get("settings") != settings for r in runs.values()):
+            print(f"{name}: the runs in {out} have other settings than {settings}: replaced", flush=True)
+            runs = {}
+        for seed in args.seeds:
+            print(f"== {name}, training seed {seed}", flush=True)
+            runs[str(seed)] = {**BENCHMARKS[name](args, seed), "settings": settings}
+            result[name] = summary(name, runs)
+            write_json_atomic(result, out, indent=2)  # after each seed: a later failure keeps the finished ones
     print(f"wrote {args.out}")
+    luna = result.get("luna16_detection") if "luna16_detection" in args.bundles else None
+    if luna and not luna["cli_check_agree"]:
+        sys.exit(
+            "luna16_detection: the documented evaluate commands wrote other detections than the benchmark (cli_check)"
+        )
 
 
 if __name__ == "__main__":

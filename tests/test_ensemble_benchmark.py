@@ -1,0 +1,54 @@
+"""benchmarks/ensemble.py's averaging over training seeds: the mean and sample standard deviation of every figure,
+nested figures (LUNA16's per-fusion scores, the cost's multipliers) alike, against a by-hand computation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks.ensemble import across_seeds, summary
+
+
+def _run(seed: int, dice: float, cpm_wbf: float, cpm_nms: float, multiplier: float) -> dict:
+    mode = {"test_dice": dice, "per_fold": [{"test_dice": dice}]}
+    fused = {"cpm": cpm_wbf, "fusion": {"wbf": {"cpm": cpm_wbf}, "nms": {"cpm": cpm_nms}}}
+    return {
+        "single": mode,
+        "tta": mode,
+        "ensemble": fused,
+        "ensemble_tta": fused,
+        "cost": {"multiplier": {"single": 1.0, "tta": multiplier}, "scans": 4},
+        "fusion_default": "wbf",
+        "cli_check": {"single_fold0": {"agree": True}},
+        "protocol": f"Small scale. Folds, training seed {seed}. fp32.",
+        "machine": {"cpus": 2},
+    }
+
+
+def test_mean_and_sample_sd_over_seeds_nested_alike() -> None:
+    out = across_seeds([{"a": 0.2, "f": {"b": 1.0}}, {"a": 0.4, "f": {"b": 3.0}}, {"a": 0.9, "f": {"b": 8.0}}])
+    assert out["a"] == pytest.approx(0.5, abs=1e-4)
+    sd = math.sqrt(((0.2 - 0.5) ** 2 + (0.4 - 0.5) ** 2 + (0.9 - 0.5) ** 2) / 2)  # n - 1
+    assert out["sd"]["a"] == pytest.approx(sd, abs=1e-4)
+    assert out["f"]["b"] == pytest.approx(4.0) and out["f"]["sd"]["b"] == pytest.approx(math.sqrt(13.0), abs=1e-4)
+    assert out["per_seed"] == [{"a": 0.2}, {"a": 0.4}, {"a": 0.9}]
+
+
+def test_one_seed_has_no_spread() -> None:
+    out = across_seeds([{"a": 0.3}])
+    assert out == {"a": 0.3, "per_seed": [{"a": 0.3}]}
+
+
+def test_bundle_entry_orders_seeds_numerically_and_picks_the_better_fusion_from_the_means() -> None:
+    runs = {"10": _run(10, 0.5, 0.60, 0.70, 9.0), "2": _run(2, 0.7, 0.80, 0.65, 7.0)}
+    entry = summary("luna16_detection", runs)
+    assert entry["seeds"] == [2, 10]
+    assert entry["single"]["per_seed"] == [{"test_dice": 0.7}, {"test_dice": 0.5}]
+    assert entry["single"]["test_dice"] == pytest.approx(0.6)
+    # wbf 0.70 on average against nms 0.675, although nms wins for seed 10
+    assert entry["fusion_better_on_ensemble_tta"] == "wbf"
+    assert entry["cost"]["multiplier"]["tta"] == pytest.approx(8.0)
+    assert entry["cli_check_agree"] is True
+    assert "training seed 2" not in entry["protocol"] and "Mean over 2 training seed(s) [2, 10]" in entry["protocol"]
+    assert list(entry["runs"]) == ["2", "10"]
