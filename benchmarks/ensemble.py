@@ -88,6 +88,11 @@ CXR14 = ROOT / "bundles" / "cxr14_classification"
 LUNA16 = ROOT / "bundles" / "luna16_detection"
 REGIONS = ("TC", "WT", "ET")
 METRICS = ("test_dice", "test_hd95", "test_dice_nan", "test_hd95_nan")
+# the same config layers in every bundle
+TRAIN_CFG = "['configs/train.json','configs/demo.json']"
+EVAL_CFG = "['configs/train.json','configs/evaluate.json','configs/demo.json']"
+ENS_CFG = "['configs/train.json','configs/evaluate.json','configs/demo.json','configs/evaluate_ensemble.json']"
+BUNDLE_RUN = [sys.executable, "-m", "monai.bundle", "run"]
 
 
 def shown(cmd: list[str], cwd: Path | None = None) -> str:
@@ -112,6 +117,18 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], log: list[dict[str, Any]
     return seconds
 
 
+def train_folds(bundle: Path, work: Path, folds: range, fold_args: Callable[[int], list[str]], retrain: bool,
+                env: dict[str, str], log: list[dict[str, Any]]) -> list[float]:  # fmt: skip
+    """``training`` of every fold ``k`` (arguments ``fold_args(k)``) whose ``models/fold{k}/model.pt`` is missing, or of
+    all with ``retrain``; the seconds of each."""
+    seconds = []
+    for k in folds:
+        if retrain or not (work / "models" / f"fold{k}" / "model.pt").is_file():
+            cmd = [*BUNDLE_RUN, "training", "--config_file", TRAIN_CFG, *fold_args(k)]
+            seconds.append(run(cmd, bundle, env, log))
+    return seconds
+
+
 def read_metrics(folder: Path) -> dict[str, float]:
     """``metrics.csv`` of an evaluation (MetricsSaver: ``name,value`` lines) -> the per-region figures."""
     values: dict[str, float] = {}
@@ -128,6 +145,24 @@ def mean_of(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def rounded(d: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in d.items()}
+
+
+def per_fold(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """The mean over folds, each fold's figures in "per_fold"."""
+    return {**rounded(mean_of(runs)), "per_fold": [rounded(r) for r in runs]}
+
+
+def seed_result(modes: dict[str, Any], cost: dict[str, Any], protocol: str, train_seconds: list[float],
+                log: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """One seed's results: the modes' scores, the cost, how they were obtained, and on what."""
+    return {
+        **modes,
+        "cost": cost,
+        "protocol": protocol,
+        "training_seconds_per_fold": [round(s, 1) for s in train_seconds],
+        "commands": log,
+        "machine": machine_info(2),
+    }
 
 
 def time_modes(runners: dict[str, tuple[Callable[[Any], Any], int]], inputs: list[Any], repeats: int,
@@ -160,24 +195,52 @@ def time_modes(runners: dict[str, tuple[Callable[[Any], Any], int]], inputs: lis
     }
 
 
-def inference_cost(work: Path, dataset: Path, folds: int, roi: list[int], repeats: int) -> dict[str, Any]:
-    """Seconds of the inferer per test volume for each mode (``time_modes``), in this process (2 threads, fp32)."""
+def in_process(bundle: Path) -> None:
+    """Run ``bundle``'s code in this process as the benchmark measures it: fp32, 2 threads, and the bundle's own
+    ``scripts`` package first on the path (another bundle's, imported earlier by this process, is forgotten)."""
     import torch
 
     os.environ["BUNDLES_AMP"] = "0"
     torch.set_num_threads(2)
-    sys.path.insert(0, str(BRATS))
+    sys.path.insert(0, str(bundle))
+    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[name]
+
+
+def bundle_parser(bundle: Path, names: tuple[str, ...], **over: Any) -> Any:
+    """A ConfigParser of ``bundle``'s configs ``names`` (layered in order) with ``over`` applied, imports done."""
     from monai.bundle import ConfigParser
 
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / n) for n in names])
+    parser.update(over)
+    parser.get_parsed_content("imports")
+    return parser
+
+
+def cost_runners(parse: Callable[..., Any], model: str, modes: dict[str, dict[str, Any]]) -> tuple[dict, Any]:
+    """``time_modes`` runners: inference.json's own inferer with one fold's weights ("plain inference.json") and
+    the ensemble inferer of inference_ensemble.json under each mode's overrides; also the plain parser."""
     from common.checkpoint import load_weights
+
+    plain = parse(("inference.json", "demo.json"))
+    network = load_weights(plain.get_parsed_content("network"), model).eval()
+    inferer = plain.get_parsed_content("inferer")
+    runners = {"plain inference.json": (lambda x: inferer(x, network), 1)}
+    for mode, over in modes.items():
+        ensemble = parse(("inference.json", "demo.json", "inference_ensemble.json"), **over)
+        ens = ensemble.get_parsed_content("ensemble_inferer")
+        runners[mode] = (lambda x, ens=ens: ens(x, None), ens.passes())
+    return runners, plain
+
+
+def inference_cost(work: Path, dataset: Path, folds: int, roi: list[int], repeats: int) -> dict[str, Any]:
+    """Seconds of the inferer per test volume for each mode (``time_modes``), in this process (2 threads, fp32)."""
+    in_process(BRATS)
     from scripts.prepare import load_split
 
-    def parsed(names: tuple[str, ...], **over: Any) -> ConfigParser:
-        parser = ConfigParser()
-        parser.read_config([str(BRATS / "configs" / n) for n in names])
-        parser.update({"bundle_root": str(work), "dataset_dir": str(dataset), "val_roi_size": roi, **over})
-        parser.get_parsed_content("imports")
-        return parser
+    def parse(names: tuple[str, ...], **over: Any) -> Any:
+        return bundle_parser(BRATS, names, bundle_root=str(work), dataset_dir=str(dataset), val_roi_size=roi, **over)
 
     models = [str(work / "models" / f"fold{k}" / "model.pt") for k in range(folds)]
     modes = {
@@ -188,17 +251,10 @@ def inference_cost(work: Path, dataset: Path, folds: int, roi: list[int], repeat
         "ensemble_tta": (models, True, "all"),
         "ensemble_tta_axes": (models, True, "axes"),
     }
-    plain = parsed(("inference.json", "demo.json"))
-    network = load_weights(plain.get_parsed_content("network"), models[0])
+    overrides = {m: {"ckpt_paths": paths, "tta": tta, "tta_flips": flips} for m, (paths, tta, flips) in modes.items()}
+    runners, plain = cost_runners(parse, models[0], overrides)
     preprocessing = plain.get_parsed_content("preprocessing")
     images = [preprocessing({"image": c["image"]})["image"][None] for c in load_split(dataset, "testing")]
-    runners = {"plain inference.json": (lambda x: plain.get_parsed_content("inferer")(x, network.eval()), 1)}
-    for mode, (paths, tta, flips) in modes.items():
-        over = {"ckpt_paths": paths, "tta": tta, "tta_flips": flips}
-        inferer = parsed(("inference.json", "demo.json", "inference_ensemble.json"), **over).get_parsed_content(
-            "ensemble_inferer"
-        )
-        runners[mode] = (lambda x, inferer=inferer: inferer(x, None), inferer.passes())
     return time_modes(runners, images, repeats)
 
 
@@ -214,22 +270,15 @@ def brats(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         run([py, *gen, "--size", size, "--seed", "0"], BRATS, env, log)
     roi = json.dumps(args.val_roi_size, separators=(",", ":"))
     common = ["--dataset_dir", str(dataset), "--bundle_root", str(work), "--val_roi_size", roi]
-    train_cfg = "['configs/train.json','configs/demo.json']"
-    eval_cfg = "['configs/train.json','configs/evaluate.json','configs/demo.json']"
-    ens_cfg = "['configs/train.json','configs/evaluate.json','configs/demo.json','configs/evaluate_ensemble.json']"
-    bundle_run = [py, "-m", "monai.bundle", "run"]
-    train_seconds = []
-    for k in range(args.folds):
-        if not (work / "models" / f"fold{k}" / "model.pt").is_file() or args.retrain:
-            cmd = [*bundle_run, "training", "--config_file", train_cfg, *common, "--fold", str(k)]
-            cmd += ["--num_folds", str(args.folds), "--epochs", str(args.epochs), "--seed", str(seed)]
-            cmd += ["--val_interval", str(args.val_interval)]
-            train_seconds.append(run(cmd, BRATS, env, log))
+    recipe = ["--num_folds", str(args.folds), "--epochs", str(args.epochs), "--seed", str(seed)]
+    recipe += ["--val_interval", str(args.val_interval)]
+    train_seconds = train_folds(BRATS, work, range(args.folds), lambda k: [*common, "--fold", str(k), *recipe],
+                                args.retrain, env, log)  # fmt: skip
 
     def evaluate(name: str, config: str, *extra: str) -> dict[str, float]:
         out = work / "eval" / name
         run(
-            [*bundle_run, "evaluating", "--config_file", config, *common, *extra, "--output_dir", str(out)],
+            [*BUNDLE_RUN, "evaluating", "--config_file", config, *common, *extra, "--output_dir", str(out)],
             BRATS,
             env,
             log,
@@ -239,13 +288,13 @@ def brats(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     models = [str(work / "models" / f"fold{k}" / "model.pt") for k in range(args.folds)]
     single, tta, tta_axes = [], [], []
     for k in range(args.folds):
-        single.append(evaluate(f"single_fold{k}", eval_cfg, "--fold", str(k), "--num_folds", str(args.folds)))
+        single.append(evaluate(f"single_fold{k}", EVAL_CFG, "--fold", str(k), "--num_folds", str(args.folds)))
         one = ["--ckpt_paths", json.dumps([models[k]])]
-        tta.append(evaluate(f"tta_fold{k}", ens_cfg, *one))
-        tta_axes.append(evaluate(f"tta_axes_fold{k}", ens_cfg, *one, "--tta_flips", "axes"))
-    ensemble = evaluate("ensemble", ens_cfg, "--tta", "false")
-    ensemble_tta = evaluate("ensemble_tta", ens_cfg)
-    ensemble_tta_axes = evaluate("ensemble_tta_axes", ens_cfg, "--tta_flips", "axes")
+        tta.append(evaluate(f"tta_fold{k}", ENS_CFG, *one))
+        tta_axes.append(evaluate(f"tta_axes_fold{k}", ENS_CFG, *one, "--tta_flips", "axes"))
+    ensemble = evaluate("ensemble", ENS_CFG, "--tta", "false")
+    ensemble_tta = evaluate("ensemble_tta", ENS_CFG)
+    ensemble_tta_axes = evaluate("ensemble_tta_axes", ENS_CFG, "--tta_flips", "axes")
     cost = inference_cost(work, dataset, args.folds, args.val_roi_size, args.repeats)
     datalist = json.loads((work / "eval" / "fold0" / "datalist.json").read_text())
     fold_sizes = [len(json.loads((work / "eval" / f"fold{k}" / "datalist.json").read_text())["validation"])
@@ -262,21 +311,14 @@ def brats(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "of the 3 axes (variants: identity + 3 single-axis flips). Cost: inferer seconds per preprocessed test "
         "volume (fastest of the repeats, modes interleaved) relative to one model without TTA."
     )
-    return {
-        "single": {**rounded(mean_of(single)), "per_fold": [rounded(s) for s in single]},
-        "tta": {**rounded(mean_of(tta)), "per_fold": [rounded(s) for s in tta]},
+    modes = {
+        "single": per_fold(single),
+        "tta": per_fold(tta),
         "ensemble": rounded(ensemble),
         "ensemble_tta": rounded(ensemble_tta),
-        "variants": {
-            "tta_axes": {**rounded(mean_of(tta_axes)), "per_fold": [rounded(s) for s in tta_axes]},
-            "ensemble_tta_axes": rounded(ensemble_tta_axes),
-        },
-        "cost": cost,
-        "protocol": protocol,
-        "training_seconds_per_fold": [round(s, 1) for s in train_seconds],
-        "commands": log,
-        "machine": machine_info(2),
+        "variants": {"tta_axes": per_fold(tta_axes), "ensemble_tta_axes": rounded(ensemble_tta_axes)},
     }
+    return seed_result(modes, cost, protocol, train_seconds, log)
 
 
 def read_cxr14_metrics(folder: Path) -> dict[str, float]:
@@ -293,20 +335,11 @@ def cxr14_cost(work: Path, dataset: Path, folds: int, repeats: int) -> dict[str,
     inference batch size, in this process (2 threads, fp32)."""
     import torch
 
-    os.environ["BUNDLES_AMP"] = "0"
-    torch.set_num_threads(2)
-    sys.path.insert(0, str(CXR14))
-    from monai.bundle import ConfigParser
-
-    from common.checkpoint import load_weights
+    in_process(CXR14)
     from scripts.prepare import prepare_datalist
 
-    def parsed(names: tuple[str, ...], **over: Any) -> ConfigParser:
-        parser = ConfigParser()
-        parser.read_config([str(CXR14 / "configs" / n) for n in names])
-        parser.update({"bundle_root": str(work), "dataset_dir": str(dataset), **over})
-        parser.get_parsed_content("imports")
-        return parser
+    def parse(names: tuple[str, ...], **over: Any) -> Any:
+        return bundle_parser(CXR14, names, bundle_root=str(work), dataset_dir=str(dataset), **over)
 
     models = [str(work / "models" / f"fold{k}" / "model.pt") for k in range(folds)]
     modes = {
@@ -315,19 +348,11 @@ def cxr14_cost(work: Path, dataset: Path, folds: int, repeats: int) -> dict[str,
         "ensemble": (models, False),
         "ensemble_tta": (models, True),
     }
-    plain = parsed(("inference.json", "demo.json"))
-    network = load_weights(plain.get_parsed_content("network"), models[0])
+    runners, plain = cost_runners(parse, models[0], {m: {"ckpt_paths": p, "tta": t} for m, (p, t) in modes.items()})
     preprocessing = plain.get_parsed_content("preprocessing")
     images = [preprocessing({"image": i["image"]})["image"] for i in prepare_datalist(dataset)["test"]]
     size = plain.get_parsed_content("batch_size")
     batches = [torch.stack(images[i : i + size]) for i in range(0, len(images), size)]
-    runners = {"plain inference.json": (lambda x: plain.get_parsed_content("inferer")(x, network.eval()), 1)}
-    for mode, (paths, tta) in modes.items():
-        over = {"ckpt_paths": paths, "tta": tta}
-        inferer = parsed(("inference.json", "demo.json", "inference_ensemble.json"), **over).get_parsed_content(
-            "ensemble_inferer"
-        )
-        runners[mode] = (lambda x, inferer=inferer: inferer(x, None), inferer.passes())
     return {**time_modes(runners, batches, repeats, unit="image", digits=5), "batch_size": size}
 
 
@@ -341,27 +366,20 @@ def cxr14(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         gen = ["-m", "scripts.synthetic", str(dataset), "--n_patients", str(args.cxr_n_patients)]
         run([py, *gen, "--size", str(args.cxr_size), "--seed", "0", "--n_dicom", "0"], CXR14, env, log)
     common = ["--dataset_dir", str(dataset), "--bundle_root", str(work), "--num_folds", str(args.folds)]
-    train_cfg = "['configs/train.json','configs/demo.json']"
-    eval_cfg = "['configs/train.json','configs/evaluate.json','configs/demo.json']"
-    ens_cfg = "['configs/train.json','configs/evaluate.json','configs/demo.json','configs/evaluate_ensemble.json']"
-    bundle_run = [py, "-m", "monai.bundle", "run"]
-    train_seconds = []
-    for k in range(args.folds):
-        if not (work / "models" / f"fold{k}" / "model.pt").is_file() or args.retrain:
-            cmd = [*bundle_run, "training", "--config_file", train_cfg, *common, "--fold", str(k)]
-            cmd += ["--max_epochs", str(args.cxr_epochs), "--seed", str(seed)]
-            train_seconds.append(run(cmd, CXR14, env, log))
+    recipe = ["--max_epochs", str(args.cxr_epochs), "--seed", str(seed)]
+    train_seconds = train_folds(CXR14, work, range(args.folds), lambda k: [*common, "--fold", str(k), *recipe],
+                                args.retrain, env, log)  # fmt: skip
 
     def evaluate(name: str, config: str, *extra: str) -> dict[str, float]:
         out = work / "eval" / name
-        cmd = [*bundle_run, "evaluating", "--config_file", config, *common, *extra, "--output_dir", str(out)]
+        cmd = [*BUNDLE_RUN, "evaluating", "--config_file", config, *common, *extra, "--output_dir", str(out)]
         run(cmd, CXR14, env, log)
         return read_cxr14_metrics(out)
 
-    single = [evaluate(f"single_fold{k}", eval_cfg, "--fold", str(k)) for k in range(args.folds)]
-    tta = [evaluate(f"tta_fold{k}", ens_cfg, "--fold", str(k), "--tta", "true") for k in range(args.folds)]
-    ensemble = evaluate("ensemble", ens_cfg, "--tta", "false")
-    ensemble_tta = evaluate("ensemble_tta", ens_cfg, "--tta", "true")
+    single = [evaluate(f"single_fold{k}", EVAL_CFG, "--fold", str(k)) for k in range(args.folds)]
+    tta = [evaluate(f"tta_fold{k}", ENS_CFG, "--fold", str(k), "--tta", "true") for k in range(args.folds)]
+    ensemble = evaluate("ensemble", ENS_CFG, "--tta", "false")
+    ensemble_tta = evaluate("ensemble_tta", ENS_CFG, "--tta", "true")
     # the cost is timed in a child process: this one may hold the BraTS bundle's `scripts` package
     cost_file = work / "eval" / "cost.json"
     child = ["-m", "benchmarks.ensemble", "--cost_child", str(work), str(dataset), "--folds", str(args.folds)]
@@ -387,17 +405,8 @@ def cxr14(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "batches of the inference batch size (fastest of the repeats, modes interleaved), relative to one model "
         "without TTA."
     )
-    return {
-        "single": {**rounded(mean_of(single)), "per_fold": [rounded(r) for r in single]},
-        "tta": {**rounded(mean_of(tta)), "per_fold": [rounded(r) for r in tta]},
-        "ensemble": rounded(ensemble),
-        "ensemble_tta": rounded(ensemble_tta),
-        "cost": cost,
-        "protocol": protocol,
-        "training_seconds_per_fold": [round(s, 1) for s in train_seconds],
-        "commands": log,
-        "machine": machine_info(2),
-    }
+    modes = {"single": per_fold(single), "tta": per_fold(tta), "ensemble": rounded(ensemble)}
+    return seed_result(modes | {"ensemble_tta": rounded(ensemble_tta)}, cost, protocol, train_seconds, log)
 
 
 def luna16_scores(detections: dict[str, list[list[float]]], data: list[dict[str, Any]]) -> dict[str, Any]:
@@ -426,20 +435,18 @@ def luna16_passes(work: Path, test_root: Path, folds: int) -> tuple[list[dict[st
     ``DetectionEnsembleInferer`` to fuse them (its ``fusion`` set per mode) and the configs' postprocessing."""
     import torch
 
-    os.environ["BUNDLES_AMP"] = "0"
-    torch.set_num_threads(2)
-    sys.path.insert(0, str(LUNA16))
-    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
-        del sys.modules[name]  # brats() imports the BraTS bundle's own ``scripts`` package into this process
-    from monai.bundle import ConfigParser
-
+    in_process(LUNA16)
     from common.ensemble import load_networks, mirror_flips
     from scripts.ensemble import DetectionEnsembleInferer
 
-    parser = ConfigParser()
-    parser.read_config([str(LUNA16 / "configs" / n) for n in ("train.json", "evaluate.json", "demo.json")])
-    parser.update({"bundle_root": str(work), "dataset_dir": str(test_root), "eval_subsets": [0], "use_amp": False})
-    parser.get_parsed_content("imports")
+    parser = bundle_parser(
+        LUNA16,
+        ("train.json", "evaluate.json", "demo.json"),
+        bundle_root=str(work),
+        dataset_dir=str(test_root),
+        eval_subsets=[0],
+        use_amp=False,
+    )
     parser.get_parsed_content("detector_ops")
     inferer, device = parser.get_parsed_content("validate#inferer"), parser.get_parsed_content("device")
     paths = [str(work / "models" / f"fold{k}" / "model.pt") for k in range(folds)]
@@ -474,15 +481,16 @@ def luna16(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         if not root.is_dir():
             gen = ["-m", "scripts.synthetic", "--out_dir", str(root), "--n_scans", str(n), "--size", *size]
             run([py, *gen, "--n_subsets", str(subsets), "--seed", str(seed)], LUNA16, env, log)
-    bundle_run = [py, "-m", "monai.bundle", "run"]
-    train_cfg = "['configs/train.json','configs/demo.json']"
-    train_seconds = []
-    for k in range(args.luna16_folds):
-        if not (work / "models" / f"fold{k}" / "model.pt").is_file() or args.retrain:
-            cmd = [*bundle_run, "training", "--config_file", train_cfg, "--dataset_dir", str(dataset)]
-            cmd += ["--bundle_root", str(work), "--fold", str(k), "--epochs", str(args.luna16_epochs)]
-            cmd += ["--seed", str(seed)]
-            train_seconds.append(run([*cmd, "--val_interval", str(args.luna16_val_interval)], LUNA16, env, log))
+    recipe = ["--epochs", str(args.luna16_epochs), "--seed", str(seed), "--val_interval", str(args.luna16_val_interval)]
+    train_seconds = train_folds(
+        LUNA16,
+        work,
+        range(args.luna16_folds),
+        lambda k: ["--dataset_dir", str(dataset), "--bundle_root", str(work), "--fold", str(k), *recipe],
+        args.retrain,
+        env,
+        log,
+    )
 
     scans, fuser, postprocessing = luna16_passes(work, test_root, args.luna16_folds)
     from common.ensemble import mirror_flips
@@ -534,7 +542,7 @@ def luna16(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         },
     }
     per_scan = {name: statistics.fmean(t) for name, t in seconds.items()}  # over scans (and folds)
-    result["cost"] = {
+    cost = {
         "seconds_per_scan": {k: round(v, 3) for k, v in per_scan.items()},
         "network_passes": passes,
         "multiplier": {k: round(v / per_scan["single"], 2) for k, v in per_scan.items()},
@@ -545,16 +553,14 @@ def luna16(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from scripts.froc import read_predictions
 
     common = ["--dataset_dir", str(test_root), "--eval_subsets", "[0]", "--bundle_root", str(work)]
-    eval_cfg = "['configs/train.json','configs/evaluate.json','configs/demo.json']"
-    ens_cfg = "['configs/train.json','configs/evaluate.json','configs/demo.json','configs/evaluate_ensemble.json']"
     paths = json.dumps([str(work / "models" / f"fold{k}" / "model.pt") for k in folds])
     checks = {}
     for name, cmd, ours in (
-        ("single_fold0", [eval_cfg, "--fold", "0"], kept[("single", 0)]),
-        ("ensemble", [ens_cfg, "--tta", "false", "--ckpt_paths", paths], kept[(f"ensemble_{default_fusion}", 0)]),
+        ("single_fold0", [EVAL_CFG, "--fold", "0"], kept[("single", 0)]),
+        ("ensemble", [ENS_CFG, "--tta", "false", "--ckpt_paths", paths], kept[(f"ensemble_{default_fusion}", 0)]),
     ):
         out = work / "eval" / f"cli_{name}"
-        run([*bundle_run, "evaluating", "--config_file", *cmd, *common, "--output_dir", str(out)], LUNA16, env, log)
+        run([*BUNDLE_RUN, "evaluating", "--config_file", *cmd, *common, "--output_dir", str(out)], LUNA16, env, log)
         cli = read_predictions(out / "predictions.csv")  # 3 decimals in mm, 6 for the probability
         rows = [(a, b) for uid in ours for a, b in zip(ours[uid], cli.get(uid, []))]
         same_count = all(len(ours[uid]) == len(cli.get(uid, [])) for uid in ours) and set(cli) <= set(ours)
@@ -585,16 +591,13 @@ def luna16(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "passes plus the fusion per test scan (no file reading), relative to one model without TTA. cli_check: the "
         "documented evaluate commands for two modes write the same detections (to the CSV's 3 decimals in mm)."
     )
-    return {
+    modes = {
         **result,
         "fusion_default": default_fusion,
         "fusion_better_on_ensemble_tta": max(FUSIONS, key=lambda f: result["ensemble_tta"]["fusion"][f]["cpm"]),
         "cli_check": checks,
-        "protocol": protocol,
-        "training_seconds_per_fold": [round(s, 1) for s in train_seconds],
-        "commands": log,
-        "machine": machine_info(2),
     }
+    return seed_result(modes, cost, protocol, train_seconds, log)
 
 
 def numeric(d: dict[str, Any]) -> dict[str, float]:
