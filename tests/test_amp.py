@@ -6,7 +6,14 @@ import pytest
 import torch
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 
-from common.amp import ENV_VAR, AmpSettings, AutocastInferer, amp_settings, cpu_supports_bf16
+from common.amp import (
+    ENV_VAR,
+    AmpSettings,
+    AutocastInferer,
+    amp_settings,
+    cpu_bf16_conv3d_correct,
+    cpu_supports_bf16,
+)
 
 
 def tiny_net() -> torch.nn.Module:
@@ -39,6 +46,26 @@ def test_emulated_bf16_is_not_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cpu_supports_bf16()
     monkeypatch.setattr("common.amp.cpu_flags", lambda: {"amx_bf16", "amx_tile"})
     assert cpu_supports_bf16()
+
+
+def test_bf16_conv3d_check_catches_wrong_convolutions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard against PyTorch issue #169688: a bf16 conv3d that returns wrong values turns autocast off."""
+    cpu_bf16_conv3d_correct.cache_clear()
+    assert cpu_bf16_conv3d_correct()  # this machine's bf16 conv3d agrees with fp32 (bf16 rounding only)
+    real = torch.nn.Conv3d._conv_forward
+
+    def wrong_in_bf16(self, x, weight, bias):  # the bug's signature: garbage only under bf16 autocast
+        out = real(self, x, weight, bias)
+        return out * 1.5 if torch.is_autocast_enabled("cpu") else out
+
+    monkeypatch.setattr(torch.nn.Conv3d, "_conv_forward", wrong_in_bf16)
+    cpu_bf16_conv3d_correct.cache_clear()
+    assert not cpu_bf16_conv3d_correct()
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr("common.amp.cpu_supports_bf16", lambda: True)
+    assert amp_settings("cpu").dtype is None
+    monkeypatch.undo()
+    cpu_bf16_conv3d_correct.cache_clear()
 
 
 def test_cuda_choice(monkeypatch: pytest.MonkeyPatch) -> None:
