@@ -477,10 +477,14 @@ def luna16(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     log: list[dict[str, Any]] = []
     dataset, test_root = root / "dataset", root / "test_dataset"
     size = [str(v) for v in args.luna16_size]
-    for root, n, seed, subsets in ((dataset, args.luna16_n_scans, 0, 10), (test_root, args.luna16_test_scans, 1, 1)):
-        if not root.is_dir():
-            gen = ["-m", "scripts.synthetic", "--out_dir", str(root), "--n_scans", str(n), "--size", *size]
-            run([py, *gen, "--n_subsets", str(subsets), "--seed", str(seed)], LUNA16, env, log)
+    # generator seeds 0 and 1 (data), not the training seed
+    for out, n, data_seed, subsets in (
+        (dataset, args.luna16_n_scans, 0, 10),
+        (test_root, args.luna16_test_scans, 1, 1),
+    ):
+        if not out.is_dir():
+            gen = ["-m", "scripts.synthetic", "--out_dir", str(out), "--n_scans", str(n), "--size", *size]
+            run([py, *gen, "--n_subsets", str(subsets), "--seed", str(data_seed)], LUNA16, env, log)
     recipe = ["--epochs", str(args.luna16_epochs), "--seed", str(seed), "--val_interval", str(args.luna16_val_interval)]
     train_seconds = train_folds(
         LUNA16,

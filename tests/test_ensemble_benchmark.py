@@ -52,3 +52,43 @@ def test_bundle_entry_orders_seeds_numerically_and_picks_the_better_fusion_from_
     assert entry["cli_check_agree"] is True
     assert "training seed 2" not in entry["protocol"] and "Mean over 2 training seed(s) [2, 10]" in entry["protocol"]
     assert list(entry["runs"]) == ["2", "10"]
+
+
+class _AfterTraining(Exception):
+    pass
+
+
+@pytest.mark.parametrize("bundle", ["brats_segmentation", "cxr14_classification", "luna16_detection"])
+def test_each_seed_trains_with_its_own_training_seed(bundle: str, tmp_path, monkeypatch) -> None:
+    """Every fold of seed s is trained with ``--seed s`` into ``seed<s>/`` (the data generators keep their own
+    seeds): a seed that does not reach training makes every "seed" the same run and the spread a false 0."""
+    import argparse
+
+    import benchmarks.ensemble as ens
+
+    commands: list[list[str]] = []
+
+    def record(cmd, cwd, env, log):
+        commands.append(cmd)
+        if "training" in cmd or "scripts.synthetic" in cmd:
+            return 0.0
+        raise _AfterTraining
+
+    def stop(*args, **kwargs):
+        raise _AfterTraining
+
+    monkeypatch.setattr(ens, "run", record)
+    monkeypatch.setattr(ens, "luna16_passes", stop)
+    args = argparse.Namespace(work_dir=str(tmp_path), folds=2, retrain=False, n_cases=8, size=[32, 32, 32],
+                              val_roi_size=[32, 32, 32], epochs=1, val_interval=1, cxr_n_patients=10, cxr_size=64,
+                              cxr_epochs=1, luna16_n_scans=4, luna16_test_scans=2, luna16_size=[32, 32, 16],
+                              luna16_folds=2, luna16_epochs=1, luna16_val_interval=1)  # fmt: skip
+    for seed in (7, 11):
+        commands.clear()
+        with pytest.raises(_AfterTraining):
+            ens.BENCHMARKS[bundle](args, seed)
+        training = [c for c in commands if "training" in c]
+        assert len(training) == 2, commands
+        for cmd in training:
+            assert cmd[cmd.index("--seed") + 1] == str(seed), cmd
+            assert cmd[cmd.index("--bundle_root") + 1] == str(tmp_path.resolve() / bundle / f"seed{seed}"), cmd
