@@ -166,7 +166,7 @@ def test_one_import_idiom(bundle: Path) -> None:
     ``imports`` would replace it."""
     configs = bundle / "configs"
     weights = ["weights_model_zoo.json", "weights_xrv.json"]
-    for base, layered in (("train.json", ["evaluate.json", "multi_gpu_train.json", "demo.json", weights[0]]),
+    for base, layered in (("train.json", ["evaluate.json", "multi_gpu_train.json", "demo.json", *weights]),
                           ("inference.json", ["demo.json", *weights])):  # fmt: skip
         files = [configs / base, *(configs / f for f in layered if (configs / f).is_file())]
         data = [json.loads(f.read_text()) for f in files]

@@ -107,13 +107,12 @@ def _ids(config: dict, prefix: str = "") -> set[str]:
 
 @pytest.mark.parametrize("source", sorted(SOURCES))
 def test_overrides_layer_on_the_documented_configs(source: str) -> None:
-    """Each override sets top-level ids, or nested ids its base configs have: on inference.json, and for the model
-    zoo also on train.json + evaluate.json (the evaluation command the import prints)."""
+    """Each override sets top-level ids, or nested ids its base configs have: on inference.json, and on train.json +
+    evaluate.json (the evaluation command the import prints)."""
     spec = SOURCES[source]
     configs = BUNDLES / spec.bundle / "configs"
     override = json.loads((configs / spec.override).read_text())
-    bases = [["inference.json"]] + ([["train.json", "evaluate.json"]] if source.startswith("model_zoo") else [])
-    for files in bases:
+    for files in (["inference.json"], ["train.json", "evaluate.json"]):
         merged: dict = {}
         for f in files:
             merged.update(json.loads((configs / f).read_text()))

@@ -48,12 +48,11 @@ def import_weights(
     configs = f"'configs/inference.json','configs/{source.override}'"
     lines = [f"wrote {output} from {checkpoint}", *imported.notes, f"run it from {BUNDLES / source.bundle}:"]
     lines.append(f'  python -m monai.bundle run --config_file "[{configs}]" --ckpt_path {output.resolve()} ...')
-    if source.name.startswith("model_zoo"):
-        lines.append("score it with the official metrics (docs/README.md, Published weights: its training data):")
-        lines.append(
-            "  python -m monai.bundle run evaluating --config_file \"['configs/train.json','configs/evaluate.json',"
-            f"'configs/{source.override}']\" --ckpt_path {output.resolve()} --dataset_dir ..."
-        )
+    lines.append("score it with the official metrics (docs/README.md, Published weights: its training data):")
+    lines.append(
+        "  python -m monai.bundle run evaluating --config_file \"['configs/train.json','configs/evaluate.json',"
+        f"'configs/{source.override}']\" --ckpt_path {output.resolve()} --dataset_dir ..."
+    )
     return lines
 
 

@@ -54,6 +54,20 @@ def findings_text(vector: Iterable[int]) -> str:
     return "|".join(names) if names else NO_FINDING
 
 
+def select_labels(datalist: dict[str, Any], split: str, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The items of ``datalist[split]`` with their label vector reduced to ``names``, in that order, by name.
+
+    A model may predict only some of the findings (torchxrayvision's CheXpert model: 7 of the 14), so evaluation
+    scores exactly its outputs against the matching columns of the datalist (whose ``"labels"`` names them); the
+    findings it lacks are left out, never scored as zeros. With the bundle's own 14 labels nothing changes."""
+    have = list(datalist.get("labels", LABELS))
+    unknown = [name for name in names if name not in have]
+    if unknown:
+        raise UnknownLabelError(f"model label(s) {unknown} are not in the datalist's labels {have}")
+    columns = [have.index(name) for name in names]
+    return [{**item, "label": [item["label"][i] for i in columns]} for item in datalist[split]]
+
+
 def pos_weight(items: Sequence[dict[str, Any]], max_weight: float = 20.0) -> torch.Tensor:
     """BCE ``pos_weight`` per label = negatives / positives (capped), so rare findings (Hernia) are not ignored."""
     labels = torch.tensor([it["label"] for it in items], dtype=torch.float32)
