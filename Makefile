@@ -84,15 +84,26 @@ benchmark-speed: $(STAMP)
 
 # Quality benchmark (benchmarks/quality.py): every bundle's seeded synthetic demo in fp32, checked against
 # benchmarks/expected.json; fails on a regression. With dataset roots in the real layout it runs the bundles'
-# default (model-zoo) configs on them instead and prints our numbers beside the published ones.
+# default (model-zoo) configs on them instead and prints our numbers beside the published ones. WEIGHTS=published
+# trains nothing: it imports the publishers' files (BRATS_WEIGHTS, LUNA16_WEIGHTS, CXR14_WEIGHTS, as downloaded)
+# and scores them with the bundles' evaluation on those roots (UNSAFE_UNPICKLE=1: torchxrayvision's pickled files).
 BRATS_DIR ?=
 LUNA16_DIR ?=
 CXR14_DIR ?=
+WEIGHTS ?= trained
+BRATS_WEIGHTS ?=
+LUNA16_WEIGHTS ?=
+CXR14_WEIGHTS ?=
+XRV_VARIANT ?=
+UNSAFE_UNPICKLE ?=
 BENCH_ARGS ?=
 .PHONY: benchmark
 benchmark: $(STAMP)
 	$(PY) -m benchmarks.quality $(if $(BRATS_DIR),--brats_dir $(BRATS_DIR)) $(if $(LUNA16_DIR),--luna16_dir $(LUNA16_DIR)) \
-		$(if $(CXR14_DIR),--cxr14_dir $(CXR14_DIR)) $(BENCH_ARGS)
+		$(if $(CXR14_DIR),--cxr14_dir $(CXR14_DIR)) --weights $(WEIGHTS) \
+		$(if $(BRATS_WEIGHTS),--brats_weights $(BRATS_WEIGHTS)) $(if $(LUNA16_WEIGHTS),--luna16_weights $(LUNA16_WEIGHTS)) \
+		$(if $(CXR14_WEIGHTS),--cxr14_weights $(CXR14_WEIGHTS)) $(if $(XRV_VARIANT),--xrv_variant $(XRV_VARIANT)) \
+		$(if $(UNSAFE_UNPICKLE),--unsafe_unpickle) $(BENCH_ARGS)
 
 # Planted faults (benchmarks/planted.py): reuses the data and weights of `make benchmark` in work_dirs/benchmark.
 PLANTED_ARGS ?=

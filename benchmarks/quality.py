@@ -25,6 +25,12 @@ Real-data protocol (one or more ``--<bundle>_dir``): the bundle's default (model
 (demo steps without ``configs/demo*.json``), our numbers beside the published ones (``benchmarks/published.json``).
 This trains the full recipe: hours to days, on a GPU.
 
+Published weights (``--weights published`` with ``--<bundle>_dir`` and ``--<bundle>_weights``, the publisher's file
+as downloaded): nothing is trained. The file is imported with ``tools/import_weights.py`` (the source that runs in
+that bundle) and scored by the bundle's documented evaluation of imported weights (``train.json`` + ``evaluate.json``
++ the source's override) on the bundle's test split of the real dataset, beside the published figures. What the
+publisher trained on is printed under the table: a test split that overlaps it is not a test score.
+
 Writes ``<work_dir>/quality.json`` and ``<work_dir>/quality.md``.
 """
 
@@ -43,7 +49,8 @@ from typing import Any
 from benchmarks import scoring
 from benchmarks.speed.harness import machine_info
 from common.files import atomic_write_text, write_json_atomic
-from tools.demo import commands, discover, run_bundle, run_step, set_arg
+from tools.demo import commands, discover, load_spec, read_metric, run_bundle, run_step, set_arg
+from tools.weights.sources import SOURCES, Source
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = Path(__file__).with_name("expected.json")
@@ -210,21 +217,63 @@ def synthetic_table(results: dict[str, dict]) -> str:
 
 def real_table(results: dict[str, dict], published: dict[str, list[dict]]) -> str:
     lines = ["| bundle | system | metric | value | split / scoring | source |", "|---|---|---|---|---|---|"]
+    notes = []
     for bundle, res in results.items():
+        if not res["ok"]:
+            lines.append(f"| {bundle} | (failed at {res.get('failed_step')}) | | | | FAILED |")
+            continue
         ours = res.get("metrics", {})
-        names = sorted({m for p in published.get(bundle, []) for m in p["metrics"]})
-        for m in names:
-            if m in ours:
-                lines.append(
-                    f"| {bundle} | this bundle | {m} | {ours[m]:.4f} | {res.get('data', '')[:90]} | measured |"
-                )
+        system = "this bundle"
+        if "trained_on" in res:
+            system = f"this bundle, {res['weights'].split(':')[0]} weights imported"
+            notes.append(f"- {bundle}: the imported weights were trained on {res['trained_on']}")
+        for m, v in ours.items():
+            lines.append(f"| {bundle} | {system} | {m} | {v:.4f} | {res.get('data', '')[:90]} | measured |")
         for p in published.get(bundle, []):
             for m, v in p["metrics"].items():
                 lines.append(f"| {bundle} | {p['system']} | {m} | {v} | {p['split']} | {p['source']} |")
-    return "\n".join(lines)
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
-def main() -> int:
+def weights_source(bundle: str) -> Source:
+    """The publication whose weights run in ``bundle`` (tools/weights/sources.py)."""
+    return next(s for s in SOURCES.values() if s.bundle == bundle)
+
+
+def run_published(
+    bundle: Path,
+    work: Path,
+    dataset: Path,
+    publisher_file: Path,
+    env: dict[str, str],
+    variant: str | None = None,
+    unsafe_unpickle: bool = False,
+) -> dict[str, Any]:
+    """Import the publisher's file with the documented command, then run the documented evaluation of imported
+    weights on ``dataset``; the bundle's own metrics (``demo_spec.json``'s list) in ``result["metrics"]``."""
+    work = work.resolve()
+    source = weights_source(bundle.name)
+    ckpt = work / "models" / "model.pt"
+    result: dict[str, Any] = {"bundle": bundle.name, "work_dir": str(work), "ok": False, "seconds": {}}
+    result.update(data=str(dataset), weights=f"{source.name}: {publisher_file}", trained_on=source.trained_on)
+    print(f"\n=== {bundle.name}: published weights {publisher_file} on {dataset} ===", flush=True)
+    cmd = [sys.executable, str(ROOT / "tools" / "import_weights.py"), source.name, str(publisher_file), str(ckpt)]
+    cmd += (["--variant", variant] if variant else []) + (["--unsafe_unpickle"] if unsafe_unpickle else [])
+    ok, result["seconds"]["import"] = run_step(bundle, cmd, env)
+    if not ok:
+        return {**result, "failed_step": "import"}
+    configs = str(["configs/train.json", "configs/evaluate.json", f"configs/{source.override}"])
+    cmd = set_arg(commands(bundle, work, dataset, reference=True)["evaluate"], "--config_file", configs)
+    ok, result["seconds"]["evaluate"] = run_step(bundle, set_arg(cmd, "--ckpt_path", str(ckpt)), env)
+    if not ok:
+        return {**result, "failed_step": "evaluate"}
+    metrics = {name: read_metric(work, path) for name, path in load_spec(bundle)["metrics"].items()}
+    result.update(ok=True, metrics={k: round(v, 4) for k, v in metrics.items() if v is not None})
+    write_json_atomic(result, work / "results.json", indent=2)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundles", nargs="*", help="bundle names (default: every bundle in expected.json)")
     parser.add_argument("--work_dir", type=Path, default=ROOT / "work_dirs" / "benchmark")
@@ -234,10 +283,32 @@ def main() -> int:
     parser.add_argument("--train_seed", type=int, help="another training seed (to measure the seed spread)")
     for option in REAL_DIR_OPTIONS.values():
         parser.add_argument(f"--{option}", default="", help="dataset root in the real layout (real-data protocol)")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--weights",
+        choices=("trained", "published"),
+        default="trained",
+        help="real data: train the default recipe, or score the publishers' weights (--<bundle>_weights)",
+    )
+    for bundle, option in REAL_DIR_OPTIONS.items():
+        name = option.replace("_dir", "_weights")
+        parser.add_argument(f"--{name}", default="", help=f"{weights_source(bundle).name}: the publisher's file")
+    parser.add_argument("--xrv_variant", default=None, help="torchxrayvision variant when the file name lacks it")
+    parser.add_argument(
+        "--unsafe_unpickle",
+        action="store_true",
+        help="let the import unpickle whole pickled networks (torchxrayvision's files): runs code from the file",
+    )
+    args = parser.parse_args(argv)
 
     expected = json.loads(args.expected.read_text())
     real = {b: getattr(args, o) for b, o in REAL_DIR_OPTIONS.items() if getattr(args, o)}
+    published_files = {b: getattr(args, o.replace("_dir", "_weights")) for b, o in REAL_DIR_OPTIONS.items()}
+    if args.weights == "published":
+        if not real:
+            parser.error("--weights published scores real data: give --brats_dir, --luna16_dir or --cxr14_dir")
+        missing = [f"--{REAL_DIR_OPTIONS[b].replace('_dir', '_weights')}" for b in real if not published_files[b]]
+        if missing:
+            parser.error(f"--weights published needs the publisher's file: {', '.join(missing)}")
     names = args.bundles or (sorted(real) if real else sorted(expected["bundles"]))
     env = benchmark_env(args.threads)
     work = args.work_dir.resolve()
@@ -245,7 +316,13 @@ def main() -> int:
     start = time.perf_counter()
     for bundle in discover(names):
         if real:
-            if bundle.name in real:
+            if bundle.name in real and args.weights == "published":
+                dataset, file = Path(real[bundle.name]).resolve(), Path(published_files[bundle.name]).resolve()
+                variant = args.xrv_variant if bundle.name == "cxr14_classification" else None
+                info["results"][bundle.name] = run_published(
+                    bundle, work / f"{bundle.name}_published", dataset, file, env, variant, args.unsafe_unpickle
+                )
+            elif bundle.name in real:
                 dataset = Path(real[bundle.name]).resolve()
                 info["results"][bundle.name] = run_bundle(bundle, work / f"{bundle.name}_real", dataset, True, env)
             continue
@@ -258,6 +335,8 @@ def main() -> int:
     if real:
         report = real_table(info["results"], json.loads(PUBLISHED.read_text()))
         title = "Real data: our numbers beside the published ones (REFERENCE.md section 3)"
+        if args.weights == "published":
+            title = "Real data, published weights imported (nothing trained), scored with this collection's metrics"
         bad = [b for b, r in info["results"].items() if not r["ok"]]
     else:
         report = synthetic_table(info["results"])

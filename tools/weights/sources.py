@@ -42,6 +42,7 @@ class Source:
     override: str  # configs/<override>, layered on the bundle's inference.json (and train.json + evaluate.json)
     what: str  # the expected file content, for error messages
     signature: str  # a key only this publisher's network has: names the right source when a file is given to another
+    trained_on: str  # the publisher's training data: scores on data that overlaps it are not test scores
     published_md5: Mapping[str, str] = field(default_factory=dict)  # md5 of the publisher's file -> release
 
 
@@ -55,6 +56,8 @@ SOURCES = {
             "the MONAI model zoo's brats_mri_segmentation weights (SegResNet, init_filters 16, blocks_down "
             "[1,2,2,4], 4 input channels T1c/T1/T2/FLAIR, 3 outputs TC/WT/ET)",
             "convInit.conv.weight",
+            "200 of the 285 BraTS 2018 training cases (model-zoo split 200/42/43, seed 123); the 2019-2021 training "
+            "releases contain those cases, so a split of them overlaps its training data",
             # models/model.pt in the model zoo's models/brats_mri_segmentation/large_files.yml
             {"870e677b782a5184cbc48db1456b78e8": "brats_mri_segmentation v0.5.2"},
         ),
@@ -65,6 +68,8 @@ SOURCES = {
             "the MONAI model zoo's lung_nodule_ct_detection weights (RetinaNet on a 3D ResNet-50 FPN, 3 anchors, "
             "1 class)",
             "feature_extractor.body.conv1.weight",
+            "LUNA16 fold 0 of the model zoo's 10-fold datalist (training on the other nine folds): only the scans of "
+            "its validation fold are unseen",
             # models/model.pt in the model zoo's models/lung_nodule_ct_detection/large_files.yml
             {"b2e732a7c2786e2f8398fa45293b1e73": "lung_nodule_ct_detection v0.6.8"},
         ),
@@ -74,6 +79,8 @@ SOURCES = {
             "weights_xrv.json",
             "a torchxrayvision DenseNet-121 (1 input channel, 18 outputs, torchvision layer names)",
             "features.denseblock1.denselayer1.norm1.weight",
+            "torchxrayvision's own random split of each dataset (the NIH variant: random split of ChestX-ray14, "
+            "torchxrayvision issue #47), so NIH's official test list overlaps its training images",
         ),
     )
 }

@@ -334,3 +334,45 @@ def test_evaluation_refuses_a_checkpoint_that_is_not_an_import(nih_dataset: Path
     cause = root_cause(caught.value)
     assert isinstance(cause, CheckpointError)
     assert f"{ckpt}: not a torchxrayvision import" in str(cause)
+
+
+def test_benchmark_scores_the_published_file(
+    xrv_evaluation: Callable[..., Path], nih_publisher: torch.nn.Module, nih_dataset: Path, tmp_path: Path
+) -> None:
+    """``make benchmark CXR14_DIR=... WEIGHTS=published CXR14_WEIGHTS=<publisher's file>``: the benchmark imports the
+    file itself and reports the documented evaluation's scores (each label's AUROC is SciPy's on xrv's outputs, in
+    the test above), with what the publisher trained on under the table; nothing is trained."""
+    from benchmarks import quality
+
+    network = nih_publisher
+    network.op_threshs = None
+    # as torchxrayvision publishes it: the whole pickled network under its published name (the variant is read
+    # from the name), hence --unsafe_unpickle (UNSAFE_UNPICKLE=1)
+    published = tmp_path / Path(xrv.models.model_urls["densenet121-res224-nih"]["weights_url"]).name
+    torch.save(network, published)
+    work = tmp_path / "bench"
+    argv = ["--cxr14_dir", str(nih_dataset), "--weights", "published", "--work_dir", str(work),
+            "--cxr14_weights", str(published), "--unsafe_unpickle"]  # fmt: skip
+    assert quality.main(argv) == 0
+    result = json.loads((work / "quality.json").read_text())["results"]["cxr14_classification"]
+    assert not (work / "cxr14_classification_published" / "models" / "best_model.pt").exists()  # nothing trained
+    documented = json.loads((xrv_evaluation("nih") / "metrics.json").read_text())
+    per_label = [row["auroc"] for row in documented["labels"] if not np.isnan(row["auroc"])]
+    assert result["metrics"]["mean_auroc"] == pytest.approx(float(np.mean(per_label)), abs=1e-4)
+    assert result["metrics"]["mean_auroc"] == round(documented["summary"]["auroc"], 4)
+    report = (work / "quality.md").read_text()
+    assert "xrv_densenet weights imported" in report and "official test list overlaps its training images" in report
+
+
+def test_benchmark_published_needs_data_and_the_file(capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused before anything runs, naming what is missing."""
+    from benchmarks import quality
+
+    cases = [
+        (["--weights", "published"], "give --brats_dir"),
+        (["--weights", "published", "--cxr14_dir", "/x"], "needs the publisher's file: --cxr14_weights"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as caught:
+            quality.main(argv)
+        assert caught.value.code == 2 and message in capsys.readouterr().err
