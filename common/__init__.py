@@ -1,4 +1,12 @@
-"""Shared pieces of the bundles: metric handlers that follow official scoring rules, mixed-precision
-settings per device, and safe checkpoint I/O. Nothing bundle-specific lives here."""
+"""What every bundle shares, and nothing that knows one dataset's files or labels.
+
+- ``metrics``, ``handlers``: per-region Dice, IoU and Hausdorff distance on MONAI's metric classes, with the
+  empty-mask rule named (``"brats"``: the BraTS challenges' rule, used by name; ``"nan"``: excluded);
+- ``amp``: mixed precision and memory format chosen from the device (CUDA fp16, CPU bf16 where it is correct);
+- ``checkpoint``: the one checkpoint layout, atomic saves, ``weights_only`` loading, resume;
+- ``ensemble``, ``folds``: fold ensembles with mirroring test-time augmentation, and the seeded fold rule;
+- ``distributed``, ``progress``, ``tracking``, ``errors``, ``files``, ``flags``: how a run starts, reports, ends
+  and writes its files (atomic, the user's umask) for every bundle alike.
+"""
 
 __version__ = "0.1.0"
