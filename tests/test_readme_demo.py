@@ -82,7 +82,16 @@ def test_readme_shows_what_make_demo_prints() -> None:
     assert json.loads((BUNDLES / "brats_segmentation" / "configs" / "demo_spec.json").read_text())["infer"][0] == "run"
 
 
-OUTPUT_FLAGS = ("--output_dir", "--bundle_root", "--filepath", "--output", "--out_dir", "--work_dir", "--label_output")
+OUTPUT_FLAGS = (
+    "--output_dir",
+    "--bundle_root",
+    "--bundle_dir",
+    "--filepath",
+    "--output",
+    "--out_dir",
+    "--work_dir",
+    "--label_output",
+)
 DOCS = [ROOT / "README.md", *sorted(BUNDLES.glob("*/docs/README.md")), ROOT / "docs" / "ARCHITECTURE.md"]
 
 
