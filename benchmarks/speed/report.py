@@ -134,17 +134,36 @@ def section(short: str, notes: str = "") -> str:
     return "\n".join(lines)
 
 
+def readme(bundle: str) -> Path:
+    return ROOT / "bundles" / bundle / "docs" / "README.md"
+
+
+def replace_block(
+    doc: str, text: str, begin: str = BEGIN, end: str = END, before: str | None = "\n## References"
+) -> str:
+    """``doc`` with its block from ``begin`` to ``end`` (markers included) replaced by ``text``, which carries the
+    markers itself. A doc without the markers gets ``text`` before the heading ``before`` (or at the end when the
+    doc has no such heading); with ``before=None`` the markers must be there (ValueError)."""
+    if begin in doc and end in doc:
+        return doc[: doc.index(begin)] + text + doc[doc.index(end) + len(end) :]
+    if before is None:
+        raise ValueError(f"no {begin} ... {end} block")
+    if before in doc:
+        i = doc.index(before)
+        return doc[: i + 1] + text + "\n\n" + doc[i + 1 :]
+    return doc.rstrip("\n") + "\n\n" + text + "\n"
+
+
+def block_of(doc: str, begin: str = BEGIN, end: str = END) -> str | None:
+    """The block of ``doc`` from ``begin`` to ``end``, markers included (None without the markers)."""
+    if begin not in doc or end not in doc:
+        return None
+    return doc[doc.index(begin) : doc.index(end) + len(end)]
+
+
 def update_readme(bundle: str, text: str) -> Path:
-    path = ROOT / "bundles" / bundle / "docs" / "README.md"
-    doc = path.read_text()
-    if BEGIN in doc and END in doc:
-        doc = doc[: doc.index(BEGIN)] + text + doc[doc.index(END) + len(END) :]
-    elif "\n## References" in doc:
-        i = doc.index("\n## References")
-        doc = doc[: i + 1] + text + "\n\n" + doc[i + 1 :]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(doc)
+    path = readme(bundle)
+    path.write_text(replace_block(path.read_text(), text))
     return path
 
 
