@@ -119,6 +119,7 @@ ENSEMBLE_ARGS ?=
 .PHONY: benchmark-ensemble benchmark-ensemble-ci
 benchmark-ensemble: $(STAMP)
 	$(PY) -m benchmarks.ensemble $(ENSEMBLE_ARGS)
+	$(PY) -m benchmarks.ensemble_report --write
 
 benchmark-ensemble-ci: $(STAMP)
 	rm -rf work_dirs/ensemble_ci
