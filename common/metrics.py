@@ -20,6 +20,7 @@ official scoring rules need (REFERENCE.md section 2):
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -69,10 +70,26 @@ def spacings_of(image: torch.Tensor) -> list[tuple[float, ...]]:
     return [tuple(float(v) for v in row) for row in norms]
 
 
+def case_spacings(y_pred: torch.Tensor, y: torch.Tensor) -> list[tuple[float, ...]]:
+    """The spacing of each case for distances between ``y_pred`` and ``y``: the prediction's affine, else the
+    reference's (a prediction made from a bare array lies on the reference's grid); when both carry affines that
+    disagree on a case's spacing the pair is refused rather than scored in one of them."""
+    if getattr(y_pred, "affine", None) is None:
+        return spacings_of(y)
+    spacings = spacings_of(y_pred)
+    if getattr(y, "affine", None) is not None:
+        for case, (ours, theirs) in enumerate(zip(spacings, spacings_of(y))):
+            if not all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(ours, theirs)):
+                raise ValueError(
+                    f"case {case} of the batch: prediction spacing {ours} mm differs from reference spacing {theirs} mm"
+                )
+    return spacings
+
+
 class RegionHausdorffMetric(HausdorffDistanceMetric):
     """Symmetric Hausdorff distance (mm) per case and region; ``percentile=95`` is HD95, ``None`` the maximum.
 
-    ``spacing`` fixes the voxel size for every case; by default each case's own affine gives it.
+    ``spacing`` fixes the voxel size for every case; by default each case's own affine gives it (``case_spacings``).
     """
 
     def __init__(
@@ -85,7 +102,7 @@ class RegionHausdorffMetric(HausdorffDistanceMetric):
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
         if y_pred.shape != y.shape:
             raise ValueError(f"prediction shape {tuple(y_pred.shape)} differs from reference shape {tuple(y.shape)}")
-        spacing = [self.spacing] * y_pred.shape[0] if self.spacing else spacings_of(y_pred)
+        spacing = [self.spacing] * y_pred.shape[0] if self.spacing else case_spacings(y_pred, y)
         with warnings.catch_warnings():  # MONAI warns about every empty mask; the rule below decides those cases
             warnings.simplefilter("ignore", UserWarning)
             hd = super()._compute_tensor(y_pred, y, spacing=spacing).double()

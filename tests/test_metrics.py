@@ -14,6 +14,7 @@ from monai.data import MetaTensor, list_data_collate
 from common.metrics import (
     BRATS_EMPTY_HD,
     RegionHausdorffMetric,
+    case_spacings,
     region_dice,
     region_iou,
     spacings_of,
@@ -203,6 +204,29 @@ def test_collated_batch_of_mixed_spacings_scores_each_case_as_alone(
     alone = [_score(RegionHausdorffMetric(percentile), a, b, s) for a, b, s in cases]
     assert together == alone
     assert together == pytest.approx([brute_hausdorff(a, b, s, percentile) for a, b, s in cases], rel=1e-5)
+
+
+def test_prediction_without_affine_takes_the_reference_spacing() -> None:
+    """A prediction made from a bare array (no affine) is scored at the reference's spacing, not at 1 mm."""
+    a, b, spacing = mixed_spacing_cases()[0]  # 0.7 x 0.7 x 2.5 mm, where 1 mm gives another distance
+    metric = RegionHausdorffMetric(95.0)
+    metric(torch.as_tensor(a[None, None], dtype=torch.float32), _one(b, spacing))
+    assert float(metric.get_buffer()[0, 0]) == _score(RegionHausdorffMetric(95.0), a, b, spacing)
+
+
+def test_prediction_and_reference_on_different_grids_are_refused() -> None:
+    """Affines that disagree on a case's spacing (by 1%) are refused, naming the case; float32 rounding of the same
+    spacing is not a disagreement."""
+    a, b, spacing = mixed_spacing_cases()[0]
+    other = (spacing[0] * 1.01, *spacing[1:])
+    with pytest.raises(ValueError, match=r"case 0 of the batch: prediction spacing \(0\.707"):
+        RegionHausdorffMetric(95.0)(_one(a, other), _one(b, spacing))
+    rounded = MetaTensor(torch.as_tensor(a[None, None], dtype=torch.float32),
+                         affine=torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float32)))  # fmt: skip
+    assert case_spacings(rounded, _one(b, spacing)) == [pytest.approx(spacing)]
+    assert case_spacings(torch.zeros(1, 1, 2, 2, 2), torch.zeros(1, 1, 2, 2, 2)) == [(1.0, 1.0, 1.0)]
+    # a reference from a bare array lies on the prediction's grid
+    assert case_spacings(_one(a, spacing), torch.as_tensor(b[None, None])) == [pytest.approx(spacing)]
 
 
 def test_spacing_read_from_affine() -> None:

@@ -23,7 +23,7 @@ from monai.metrics import CumulativeIterationMetric, compute_dice, compute_hausd
 from scipy import ndimage
 
 from common.handlers import RegionMetricHandler
-from common.metrics import spacings_of
+from common.metrics import case_spacings
 
 FP_HD = 374.0
 """HD95 of a missed lesion or a false-positive component in the 2023 rule (the legacy rule uses 373.13)."""
@@ -112,7 +112,7 @@ class LesionWiseMetric(CumulativeIterationMetric):
             got = None if y is None else tuple(y.shape)
             raise ValueError(f"prediction shape {tuple(y_pred.shape)} differs from reference shape {got}")
         pred, ref = y_pred.detach().cpu().numpy() > 0.5, y.detach().cpu().numpy() > 0.5
-        spacings = spacings_of(y_pred)
+        spacings = case_spacings(y_pred, y)
         scores = [
             [
                 lesion_wise_scores(

@@ -215,6 +215,20 @@ def test_metric_scores_a_collated_batch_of_mixed_spacings_per_case(spacings: tup
     assert together == pytest.approx(expected, rel=1e-5)
 
 
+def test_metric_takes_the_reference_spacing_for_a_bare_prediction_and_refuses_other_grids() -> None:
+    """A prediction without affine is scored at the reference's spacing (not 1 mm), a reference without affine at
+    the prediction's; a prediction whose affine gives another spacing than the reference's is refused."""
+    pred, ref = balls()
+    metric = LesionWiseMetric("hd95")
+    metric(torch.as_tensor(pred[None, None], dtype=torch.float32), batch(ref, spacing=SPACING))
+    assert float(metric.get_buffer()[0, 0]) == pytest.approx(brute_hausdorff(pred, ref, SPACING, 95), rel=1e-5)
+    with pytest.raises(ValueError, match="prediction spacing .* differs from reference spacing"):
+        LesionWiseMetric("hd95")(batch(pred, spacing=(1.0, 1.0, 1.0)), batch(ref, spacing=SPACING))
+    bare_reference = LesionWiseMetric("hd95")
+    bare_reference(batch(pred, spacing=SPACING), torch.as_tensor(ref[None, None], dtype=torch.float32))
+    assert float(bare_reference.get_buffer()[0, 0]) == float(metric.get_buffer()[0, 0])
+
+
 def test_metric_input_errors() -> None:
     with pytest.raises(ValueError, match=r"^score must be 'dice' or 'hd95', got 'iou'$"):
         LesionWiseMetric("iou")  # type: ignore[arg-type]
