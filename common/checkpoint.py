@@ -68,11 +68,43 @@ def load_weights(
     try:
         network.load_state_dict(state, strict=strict)
     except RuntimeError as e:
-        expected = network.__class__.__name__
+        # one line, so that it can be the last line of a failed run (common.errors); torch's list is in the chain
         raise CheckpointError(
-            f"{path}: weights do not fit this {expected} (from another network or configuration?): {e}"
+            f"{path}: weights do not fit this {network.__class__.__name__}: {_mismatch(network, state, strict, e)}; "
+            f"{MISMATCH_HINT}"
         ) from e
     return network
+
+
+MISMATCH_HINT = (
+    "trained with configs/demo.json (or another override)? add the same file to --config_file "
+    "(and the training run's folder as --bundle_root)"
+)
+
+
+def _mismatch(network: torch.nn.Module, state: Mapping[str, Any], strict: bool, error: Exception) -> str:
+    """What differs between the network and the weights, counted, with the first example of each kind (missing and
+    unexpected names only when ``strict``: otherwise ``load_state_dict`` accepts them)."""
+    own = network.state_dict()
+
+    def shape(tensors: Mapping[str, Any], k: str) -> list[int] | None:
+        return list(tensors[k].shape) if hasattr(tensors[k], "shape") else None
+
+    reshaped = [k for k in state if k in own and shape(state, k) != shape(own, k)]
+    missing = [k for k in own if k not in state] if strict else []
+    unexpected = [k for k in state if k not in own] if strict else []
+    parts = []
+    if reshaped:
+        k = reshaped[0]
+        parts.append(
+            f"{len(reshaped)} tensors of another shape (first {k}: {shape(state, k)} in the file, "
+            f"{shape(own, k)} in the network)"
+        )
+    if missing:
+        parts.append(f"{len(missing)} missing (first {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]})")
+    return ", ".join(parts) or str(error).strip().splitlines()[0]
 
 
 # ---------------------------------------------------------------- the checkpoint convention of every bundle
