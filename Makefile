@@ -25,6 +25,7 @@ help:
 	@echo "make benchmark-planted  plant known faults and check that the benchmark catches each (after make benchmark)"
 	@echo "make pack    zip each bundle (model-zoo layout, with common/) into dist/<name>_v<version>.zip"
 	@echo "make benchmark-ensemble  folds, ensembles and TTA of every bundle, 3 seeds (hours; -ci: toy size, minutes)"
+	@echo "make benchmark-networks  DynUNet, ResNet-50, DenseNet-121 beside each default (after benchmark-ensemble)"
 	@echo "make mutate  mutation testing (mutmut) of the metric and label modules -> benchmarks/results/mutation.json"
 
 $(STAMP): requirements.txt pyproject.toml
@@ -127,6 +128,14 @@ benchmark-ensemble-ci: $(STAMP)
 		--seeds 0 --folds 2 --repeats 1 --n_cases 12 --size '[48,48,48]' --val_roi_size '[48,48,48]' --epochs 2 \
 		--val_interval 1 --cxr_n_patients 60 --cxr_size 128 --cxr_epochs 2 --luna16_n_scans 20 \
 		--luna16_test_scans 4 --luna16_folds 2 --luna16_epochs 2 --luna16_val_interval 1
+
+# The networks the literature compares (benchmarks/networks.py): BraTS DynUNet, CXR14 ResNet-50 and DenseNet-121 beside
+# each default, fold 0 of benchmark-ensemble's protocol per training seed, paired with ensemble.json's default fold 0
+# (run benchmark-ensemble first, same settings); results in benchmarks/results/networks.json.
+NETWORKS_ARGS ?=
+.PHONY: benchmark-networks
+benchmark-networks: $(STAMP)
+	$(PY) -m benchmarks.networks $(NETWORKS_ARGS)
 
 # Mutation testing of the metric and label-mapping modules (tools/mutation.py): one mutmut group at a time, staged
 # outside the repository, at most MUTATE_CHILDREN test processes; fails unless each module kills >= 90% of its

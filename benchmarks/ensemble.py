@@ -118,13 +118,13 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], log: list[dict[str, Any]
 
 
 def train_folds(bundle: Path, work: Path, folds: range, fold_args: Callable[[int], list[str]], retrain: bool,
-                env: dict[str, str], log: list[dict[str, Any]]) -> list[float]:  # fmt: skip
+                env: dict[str, str], log: list[dict[str, Any]], config: str = TRAIN_CFG) -> list[float]:  # fmt: skip
     """``training`` of every fold ``k`` (arguments ``fold_args(k)``) whose ``models/fold{k}/model.pt`` is missing, or of
     all with ``retrain``; the seconds of each."""
     seconds = []
     for k in folds:
         if retrain or not (work / "models" / f"fold{k}" / "model.pt").is_file():
-            cmd = [*BUNDLE_RUN, "training", "--config_file", TRAIN_CFG, *fold_args(k)]
+            cmd = [*BUNDLE_RUN, "training", "--config_file", config, *fold_args(k)]
             seconds.append(run(cmd, bundle, env, log))
     return seconds
 
@@ -258,16 +258,21 @@ def inference_cost(work: Path, dataset: Path, folds: int, roi: list[int], repeat
     return time_modes(runners, images, repeats)
 
 
-def brats(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+def brats_dataset(args: argparse.Namespace, env: dict[str, str], log: list[dict[str, Any]]) -> Path:
+    """The BraTS benchmark's synthetic set, ``<work_dir>/brats_segmentation/dataset`` (generated once)."""
     dataset = Path(args.work_dir).resolve() / "brats_segmentation" / "dataset"
-    work = dataset.parent / f"seed{seed}"
-    env = benchmark_env()
-    py = sys.executable
-    log: list[dict[str, Any]] = []
-    size = json.dumps(args.size, separators=(",", ":"))
     if not dataset.is_dir():
+        size = json.dumps(args.size, separators=(",", ":"))
         gen = ["-m", "scripts.synthetic", str(dataset), "--n_cases", str(args.n_cases), "--layout", "2021"]
-        run([py, *gen, "--size", size, "--seed", "0"], BRATS, env, log)
+        run([sys.executable, *gen, "--size", size, "--seed", "0"], BRATS, env, log)
+    return dataset
+
+
+def brats(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    env = benchmark_env()
+    log: list[dict[str, Any]] = []
+    dataset = brats_dataset(args, env, log)
+    work = dataset.parent / f"seed{seed}"
     roi = json.dumps(args.val_roi_size, separators=(",", ":"))
     common = ["--dataset_dir", str(dataset), "--bundle_root", str(work), "--val_roi_size", roi]
     recipe = ["--num_folds", str(args.folds), "--epochs", str(args.epochs), "--seed", str(seed)]
@@ -356,15 +361,21 @@ def cxr14_cost(work: Path, dataset: Path, folds: int, repeats: int) -> dict[str,
     return {**time_modes(runners, batches, repeats, unit="image", digits=5), "batch_size": size}
 
 
-def cxr14(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+def cxr14_dataset(args: argparse.Namespace, env: dict[str, str], log: list[dict[str, Any]]) -> Path:
+    """The CXR14 benchmark's synthetic set, ``<work_dir>/cxr14_classification/dataset`` (generated once)."""
     dataset = Path(args.work_dir).resolve() / "cxr14_classification" / "dataset"
-    work = dataset.parent / f"seed{seed}"
+    if not (dataset / "Data_Entry_2017.csv").is_file():
+        gen = ["-m", "scripts.synthetic", str(dataset), "--n_patients", str(args.cxr_n_patients)]
+        run([sys.executable, *gen, "--size", str(args.cxr_size), "--seed", "0", "--n_dicom", "0"], CXR14, env, log)
+    return dataset
+
+
+def cxr14(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     env = benchmark_env()
     py = sys.executable
     log: list[dict[str, Any]] = []
-    if not (dataset / "Data_Entry_2017.csv").is_file():
-        gen = ["-m", "scripts.synthetic", str(dataset), "--n_patients", str(args.cxr_n_patients)]
-        run([py, *gen, "--size", str(args.cxr_size), "--seed", "0", "--n_dicom", "0"], CXR14, env, log)
+    dataset = cxr14_dataset(args, env, log)
+    work = dataset.parent / f"seed{seed}"
     common = ["--dataset_dir", str(dataset), "--bundle_root", str(work), "--num_folds", str(args.folds)]
     recipe = ["--max_epochs", str(args.cxr_epochs), "--seed", str(seed)]
     train_seconds = train_folds(CXR14, work, range(args.folds), lambda k: [*common, "--fold", str(k), *recipe],
@@ -663,8 +674,9 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace, int], dict[str, Any]]] = {
 }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(description: str | None = __doc__) -> argparse.ArgumentParser:
+    """The benchmark's options (also ``benchmarks.networks``'s: same data, folds and recipes)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundles", nargs="+", choices=sorted(BENCHMARKS), default=sorted(BENCHMARKS))
     p.add_argument(
         "--work_dir", default=str(ROOT / "work_dirs" / "ensemble"), help="each bundle in <work_dir>/<bundle>"
@@ -698,6 +710,11 @@ def main() -> None:
     luna_args.add_argument("--luna16_folds", type=int, default=3, help="official folds 0..K-1 trained and ensembled")
     luna_args.add_argument("--luna16_epochs", type=int, default=27, help="configs/demo.json's recipe")
     luna_args.add_argument("--luna16_val_interval", type=int, default=3)
+    return p
+
+
+def main() -> None:
+    p = build_parser()
     p.add_argument("--cost_child", nargs=2, default=None, help=argparse.SUPPRESS)  # internal: CXR14 cost (work, data)
     args = p.parse_args()
     if args.cost_child:

@@ -92,3 +92,26 @@ def test_each_seed_trains_with_its_own_training_seed(bundle: str, tmp_path, monk
         for cmd in training:
             assert cmd[cmd.index("--seed") + 1] == str(seed), cmd
             assert cmd[cmd.index("--bundle_root") + 1] == str(tmp_path.resolve() / bundle / f"seed{seed}"), cmd
+
+
+def test_networks_benchmark_pairs_each_seed_with_the_default_of_the_same_settings() -> None:
+    """benchmarks.networks compares an alternative network with the default's fold 0 of the SAME seed and
+    settings in ensemble.json; another seed or other settings are refused, not silently compared."""
+    from benchmarks.ensemble import SETTINGS, build_parser
+    from benchmarks.networks import default_fold0, with_override
+
+    assert with_override("['configs/train.json','configs/demo.json']", "configs/network_unet.json") == (
+        "['configs/train.json','configs/demo.json','configs/network_unet.json']"
+    )
+    assert with_override("['configs/train.json']", None) == "['configs/train.json']"
+    args = build_parser().parse_args([])
+    settings = {k: getattr(args, k) for k in SETTINGS["brats_segmentation"]}
+    fold = [{"test_dice": 0.3 + s / 10} for s in range(3)]
+    runs = {str(s): {"settings": settings, "single": {"per_fold": [fold[s], {"test_dice": 0.0}]}} for s in (0, 1)}
+    ensemble = {"brats_segmentation": {"runs": runs}}
+    assert default_fold0(ensemble, "brats_segmentation", args, [1, 0]) == [fold[1], fold[0]]
+    with pytest.raises(SystemExit, match=r"no run of seed\(s\) \[2\]"):
+        default_fold0(ensemble, "brats_segmentation", args, [0, 2])
+    other = build_parser().parse_args(["--epochs", "7"])
+    with pytest.raises(SystemExit, match="seed 0 was measured with"):
+        default_fold0(ensemble, "brats_segmentation", other, [0])
