@@ -247,6 +247,40 @@ def test_training_augments(bundle: Path, config: str) -> None:
     assert not _augmentations(parser.get_parsed_content("validate#preprocessing", instantiate=True))
 
 
+WORKERS = "$common.flags.dataloader_workers()"
+
+
+def _loaders(value) -> list[dict]:
+    """Every ``DataLoader``/``ThreadDataLoader`` definition in a config."""
+    if isinstance(value, dict):
+        own = [value] if str(value.get("_target_", "")).endswith("DataLoader") else []
+        return own + [d for v in value.values() for d in _loaders(v)]
+    if isinstance(value, list):
+        return [d for v in value for d in _loaders(v)]
+    return []
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_dataloader_workers_follow_the_cpus_of_the_process(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training and inference take their DataLoader workers from one expression, the CPUs this process may use
+    (at most 4): inference once had a fixed 2 (CXR14, LUNA16) or 0 (BraTS), training ``min(4, os.cpu_count())``,
+    which counts the whole machine, not the 2 cores a container or ``taskset`` gives the run."""
+    from conftest import activate_bundle
+
+    activate_bundle(bundle)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)  # one CPU for this process
+    monkeypatch.setattr("os.cpu_count", lambda: 64)  # of a large machine
+    for file in (bundle / "configs").glob("*.json"):  # every loader of every config, layered or not
+        assert {str(d.get("num_workers")) for d in _loaders(_json(bundle, file.name))} <= {"@num_workers"}, file.name
+    for name in ("train.json", "inference.json"):
+        config = _json(bundle, name)
+        assert config["num_workers"] == WORKERS, name
+        assert _loaders(config), name
+        parser = ConfigParser(config)
+        parser.get_parsed_content("imports")
+        assert parser.get_parsed_content("num_workers") == 1, name
+
+
 def _network_shapes(bundle: Path, files: list[str]) -> dict[str, tuple[int, ...]]:
     parser = ConfigParser()
     parser.read_config([str(bundle / "configs" / f) for f in files])
