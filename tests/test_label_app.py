@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from monai.bundle import ConfigParser
 
@@ -51,3 +53,21 @@ def test_weights_that_fit_are_served_unchanged(tmp_path: Path) -> None:
     served = load_checkpoint(tmp_path / "app" / "model.pt")["model"]
     assert served.keys() == state.keys()
     assert all(torch.equal(served[k], state[k]) for k in state)
+
+
+# what a BraTS label map holds, per edition (BraTS challenge documentation): 2018-2021 1 necrotic/non-enhancing core,
+# 2 edema, 4 enhancing tumour (no 3); 2023+ 1 NETC, 2 SNFH (edema), 3 ET
+@pytest.mark.parametrize("edition, enhancing", [("2021", "4"), ("2023", "3")])
+def test_brats_segments_are_named_by_the_values_the_edition_writes(
+    edition: str, enhancing: str, tmp_path: Path
+) -> None:
+    """MONAI Label's ``/info/`` names segments from the app copy's ``channel_def``: it must name the label values the
+    BraTS inference writes for the config's ``default_edition``, not the network's TC/WT/ET channels 0/1/2 (a
+    viewer then named every segment wrongly), and 3, not 4, is enhancing tumour in a 2023 map."""
+    bundle = _bundle_copy(tmp_path)
+    config = bundle / "configs" / "inference.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "default_edition": edition}, indent=4))
+    expected = {"0": "background", "1": "necrotic tumour core", "2": "peritumoral edema", enhancing: "enhancing tumour"}
+    assert label_app._name_brats_label_values(bundle) == expected
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == expected  # what MONAI Label reads
