@@ -250,14 +250,24 @@ def test_training_augments(bundle: Path, config: str) -> None:
 WORKERS = "$common.flags.dataloader_workers()"
 
 
-def _loaders(value) -> list[dict]:
-    """Every ``DataLoader``/``ThreadDataLoader`` definition in a config."""
+def _components(value, target: str) -> list[dict]:
+    """Every component of a config whose ``_target_`` ends with ``target`` (``DataLoader``: also
+    ``ThreadDataLoader``)."""
     if isinstance(value, dict):
-        own = [value] if str(value.get("_target_", "")).endswith("DataLoader") else []
-        return own + [d for v in value.values() for d in _loaders(v)]
+        own = [value] if str(value.get("_target_", "")).endswith(target) else []
+        return own + [d for v in value.values() for d in _components(v, target)]
     if isinstance(value, list):
-        return [d for v in value for d in _loaders(v)]
+        return [d for v in value for d in _components(v, target)]
     return []
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_cache_progress_only_on_a_terminal(bundle: Path) -> None:
+    """MONAI's ``CacheDataset`` draws a tqdm bar by default, carriage returns and all, into CI and server logs too:
+    every one of them asks ``common.progress.show_progress()`` (CXR14's evaluate.json test set once did not)."""
+    for file in (bundle / "configs").glob("*.json"):
+        caches = _components(_json(bundle, file.name), "CacheDataset")
+        assert all(c.get("progress") == "$common.progress.show_progress()" for c in caches), file.name
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
@@ -271,11 +281,13 @@ def test_dataloader_workers_follow_the_cpus_of_the_process(bundle: Path, monkeyp
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)  # one CPU for this process
     monkeypatch.setattr("os.cpu_count", lambda: 64)  # of a large machine
     for file in (bundle / "configs").glob("*.json"):  # every loader of every config, layered or not
-        assert {str(d.get("num_workers")) for d in _loaders(_json(bundle, file.name))} <= {"@num_workers"}, file.name
+        assert {str(d.get("num_workers")) for d in _components(_json(bundle, file.name), "DataLoader")} <= {
+            "@num_workers"
+        }, file.name
     for name in ("train.json", "inference.json"):
         config = _json(bundle, name)
         assert config["num_workers"] == WORKERS, name
-        assert _loaders(config), name
+        assert _components(config, "DataLoader"), name
         parser = ConfigParser(config)
         parser.get_parsed_content("imports")
         assert parser.get_parsed_content("num_workers") == 1, name
