@@ -75,13 +75,13 @@ def last_line(exc: BaseException) -> str | None:
     traceback (the last one written) is printed by its first line."""
     cause = root_cause(exc)
     message = str(cause).strip()
+    if is_own(cause):
+        return None if cause is exc else f"Error: {type(cause).__name__}: {message}"
     worker = OWN_ERROR_LINE.findall(message) if "in DataLoader worker process" in message else []
-    if worker and not is_own(cause):
+    if worker:
         return "Error: {}: {}".format(*worker[-1]).rstrip()
     if cause is exc:
         return None
-    if is_own(cause):
-        return f"Error: {type(cause).__name__}: {message}"
     return f"Error: {type(cause).__name__}: {message.splitlines()[-1] if message else ''}".rstrip()
 
 
