@@ -31,7 +31,10 @@ that bundle) and scored by the bundle's documented evaluation of imported weight
 + the source's override) on the bundle's test split of the real dataset, beside the published figures. What the
 publisher trained on is printed under the table: a test split that overlaps it is not a test score.
 
-Writes ``<work_dir>/quality.json`` and ``<work_dir>/quality.md``.
+Writes ``<work_dir>/quality.json`` and ``<work_dir>/quality.md``. With ``--update`` (synthetic protocol) also
+``benchmarks/expected.json`` and, per bundle that ran to the end, its entry of ``benchmarks/results/quality.json``
+(``benchmarks/quality_report.py``: metrics, the detail of the bundle's evaluation files, validation curve, seconds,
+machine, command, date), which ``python -m benchmarks.quality_report --write`` renders into the bundles' docs.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -46,7 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import scoring
+from benchmarks import quality_report, scoring
 from benchmarks.speed.harness import machine_info
 from common.files import atomic_write_text, write_json_atomic
 from tools.demo import commands, discover, load_spec, read_metric, run_bundle, run_step, set_arg
@@ -278,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundles", nargs="*", help="bundle names (default: every bundle in expected.json)")
     parser.add_argument("--work_dir", type=Path, default=ROOT / "work_dirs" / "benchmark")
     parser.add_argument("--expected", type=Path, default=EXPECTED)
-    parser.add_argument("--update", action="store_true", help="write the measured values into --expected")
+    parser.add_argument(
+        "--update", action="store_true", help="write the measured values into --expected and the run into --results"
+    )
+    parser.add_argument("--results", type=Path, default=quality_report.RESULTS, help="results file the docs show")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (OMP_NUM_THREADS) unless already set")
     parser.add_argument("--train_seed", type=int, help="another training seed (to measure the seed spread)")
     for option in REAL_DIR_OPTIONS.values():
@@ -328,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         extra = {"train": ["--seed", str(args.train_seed)]} if args.train_seed is not None else None
         res = run_synthetic(bundle, work / bundle.name, env, extra=extra)
+        res["finished_utc"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         res["checks"] = check(res.get("metrics", {}), expected["bundles"].get(bundle.name, {}))
         info["results"][bundle.name] = res
     info["seconds"] = round(time.perf_counter() - start, 1)
@@ -364,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         atomic_write_text(json.dumps(expected, indent=4) + "\n", args.expected)
         print(f"updated {args.expected}")
+        command = "python -m benchmarks.quality " + shlex.join(sys.argv[1:] if argv is None else argv)
+        written = quality_report.record(info["results"], m, command.strip(), env, args.results)
+        print(f"updated {args.results} ({', '.join(written) or 'no bundle ran to the end'})")
     if bad:
         print(f"benchmark FAILED for {bad}", file=sys.stderr)
     return 1 if bad else 0

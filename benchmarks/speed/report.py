@@ -12,6 +12,7 @@ all three bundles' tables share one layout; they store it in their JSON as ``tab
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,17 @@ def block_of(doc: str, begin: str = BEGIN, end: str = END) -> str | None:
     if begin not in doc or end not in doc:
         return None
     return doc[doc.index(begin) : doc.index(end) + len(end)]
+
+
+def block_difference(doc: str, text: str, name: str, begin: str = BEGIN, end: str = END) -> str | None:
+    """None when the block of ``doc`` (called ``name`` in the message) from ``begin`` to ``end`` is ``text``; else
+    what is wrong: no such block, or a unified diff of the doc's block against ``text``."""
+    old = block_of(doc, begin, end)
+    if old is None:
+        return f"{name}: no {begin} ... {end} block (add the markers)"
+    if old == text:
+        return None
+    return "\n".join(difflib.unified_diff(old.splitlines(), text.splitlines(), name, "results", lineterm=""))
 
 
 def update_readme(bundle: str, text: str) -> Path:
