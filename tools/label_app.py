@@ -52,7 +52,7 @@ if sys.argv[3]:
         load_weights(net, sys.argv[3])
         status = 'trained (' + sys.argv[3] + ')'
     except CheckpointError as e:
-        status = 'seeded random: REFUSED ' + str(e).splitlines()[0][:300]
+        status = 'seeded random: REFUSED ' + str(e).splitlines()[0]
 torch.save({'model': net.state_dict()}, sys.argv[1])
 print(status)
 """
