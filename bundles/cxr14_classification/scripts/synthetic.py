@@ -10,7 +10,8 @@ Layout written under ``out_dir`` (same names, header and column count as the rel
     dicom/<name>.dcm      DICOM copies of some test images: 12-bit MONOCHROME2 with rescale slope/intercept and
                           a window, 12-bit MONOCHROME1, 16-bit plain (each decodes to the PNG's intensities), and
                           15-bit MONOCHROME1 with a full-range window wider than the picture (decodes to the PNG's
-                          intensities under another linear window: 0.1 + 0.5 * png).
+                          intensities under another linear window: 0.1 + 0.5 * png), 8-bit in part of its range
+                          (0.05 + 0.85 * png) and 16-bit with a full-range window (0.3 + 0.4 * png), in turn.
 Images are chest-like (body, lung fields, mediastinum, heart, diaphragm, ribs, vessels, noise); findings are
 drawn so most labels are learnable (nodule/mass = small/large blobs, effusion = basal opacity with a blunted
 costophrenic angle, cardiomegaly = wide heart, pneumothorax = lucent rim without markings, ...), with
@@ -397,7 +398,7 @@ def generate(
 
 
 def write_dicom_copies(out: Path, names: list[str]) -> list[Path]:
-    """DICOM versions of PNG images in the four encodings inference must handle (see module docstring)."""
+    """DICOM versions of PNG images in the six encodings inference must handle (see module docstring), in turn."""
     from PIL import Image
 
     variants = [
@@ -407,6 +408,9 @@ def write_dicom_copies(out: Path, names: list[str]) -> list[Path]:
         # a CR export: 15-bit MONOCHROME1 whose full-range window is wider than the picture, so it decodes to the
         # PNG under another linear window (the case that per-image percentile scaling makes harmless)
         {"bits": 15, "monochrome1": True, "window": True, "value_range": (0.1, 0.6)},
+        # an 8-bit export in part of its range, and a 16-bit one whose full-range window is wider than the picture
+        {"bits": 8, "value_range": (0.05, 0.9)},
+        {"bits": 16, "window": True, "value_range": (0.3, 0.7)},
     ]
     written = []
     for i, name in enumerate(names):
