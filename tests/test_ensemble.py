@@ -1,5 +1,6 @@
 """common.ensemble's bundle-independent parts: explicit flip lists, outputs without spatial axes (classification),
-the probability output, exactness for identical networks, fold checkpoints and out-of-fold routing.
+the probability output, exactness for identical networks, fold checkpoints (find_checkpoints, for every bundle's
+*_ensemble.json) and out-of-fold routing.
 (BraTS's 3D mirroring and its configs: bundles/brats_segmentation/tests/test_brats_ensemble.py.)"""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from common.checkpoint import CheckpointError, atomic_save
 from common.ensemble import (
     EnsembleInferer,
     OutOfFoldInferer,
+    find_checkpoints,
     fold_checkpoints,
     load_fold_networks,
     load_networks,
@@ -91,6 +93,20 @@ def test_fold_checkpoints_and_load_fold_networks(tmp_path: Path) -> None:
         assert torch.equal(net[1].weight, _classifier(k)[1].weight) and not net.training
     with pytest.raises(CheckpointError, match="non-empty list"):
         load_networks(_classifier(0), str(models / "model.pt"))
+
+
+def test_find_checkpoints_by_fold_number(tmp_path: Path) -> None:
+    """The folds' model.pt sorted by fold number (not by name), skipping a fold still training; without folds the
+    single models/model.pt; neither: a CheckpointError (every bundle's *_ensemble.json finds its models so)."""
+    models = tmp_path / "models"
+    with pytest.raises(CheckpointError, match="no fold"):
+        find_checkpoints(models)
+    atomic_save({}, models / "model.pt")
+    assert find_checkpoints(models) == [str(models / "model.pt")]
+    for k in (10, 2, 0):
+        atomic_save({}, models / f"fold{k}" / "model.pt")
+    (models / "fold7").mkdir()  # a fold still training: no model.pt yet
+    assert find_checkpoints(models) == [str(models / f"fold{k}" / "model.pt") for k in (0, 2, 10)]
 
 
 def test_out_of_fold_routes_each_item_to_its_folds_network() -> None:

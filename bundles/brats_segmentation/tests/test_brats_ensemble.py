@@ -18,8 +18,8 @@ from monai.inferers import SimpleInferer, SlidingWindowInferer
 from monai.networks.nets import DynUNet, SegResNet
 
 from benchmarks.scoring import score_brats_segmentations
-from common.checkpoint import CheckpointError, atomic_save
-from common.ensemble import EnsembleInferer, find_checkpoints, mirror_flips
+from common.checkpoint import atomic_save
+from common.ensemble import EnsembleInferer, mirror_flips
 from scripts.brats import convention
 from scripts.prepare import fold_split, load_split, prepare, split_cases
 from scripts.synthetic import generate
@@ -223,19 +223,6 @@ def two_folds(tmp_path: Path) -> tuple[Path, list[SegResNet]]:
     ]
     _segresnet(3, root / "models" / "model.pt", [9.0, 9.0, 9.0])
     return root, nets
-
-
-def test_find_checkpoints(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="no fold"):
-        find_checkpoints(tmp_path / "models")
-    (tmp_path / "models").mkdir()
-    atomic_save({}, tmp_path / "models" / "model.pt")
-    assert find_checkpoints(tmp_path / "models") == [str(tmp_path / "models" / "model.pt")]
-    for k in (10, 2, 0):
-        atomic_save({}, tmp_path / "models" / f"fold{k}" / "model.pt")
-    (tmp_path / "models" / "fold7").mkdir()  # a fold still training: no model.pt yet
-    expected = [str(tmp_path / "models" / f"fold{k}" / "model.pt") for k in (0, 2, 10)]
-    assert find_checkpoints(tmp_path / "models") == expected  # by fold number, not by name
 
 
 @pytest.mark.parametrize("edition, tta", [("2021", True), ("2023", False)])

@@ -19,9 +19,9 @@ from monai.data.box_utils import non_max_suppression
 
 from benchmarks.scoring import luna16_froc, read_findings, read_submission
 from common.checkpoint import atomic_save
-from common.ensemble import find_checkpoints, mirror_flips
+from common.ensemble import mirror_flips
 from scripts.engines import DetectorInferer
-from scripts.ensemble import DetectionEnsembleInferer, fuse_nms, fuse_wbf, unflip_boxes
+from scripts.ensemble import DetectionEnsembleInferer, checkpoint_folds, fuse_nms, fuse_wbf, unflip_boxes
 from scripts.prepare import fold_subsets
 from scripts.synthetic import generate
 from tests.helpers import bundle_workflow
@@ -373,15 +373,10 @@ def test_evaluate_ensemble_gives_the_official_froc(data: Path, tmp_path: Path) -
     assert submission == (out / "predictions.csv").read_text()
 
 
-def test_find_checkpoints_by_fold_number(tmp_path: Path) -> None:
-    from common.checkpoint import CheckpointError
-
-    with pytest.raises(CheckpointError, match="no fold"):
-        find_checkpoints(tmp_path / "models")
-    atomic_save({}, tmp_path / "models" / "model.pt")
-    assert find_checkpoints(tmp_path / "models") == [str(tmp_path / "models" / "model.pt")]
-    for k in (10, 2, 0):
-        atomic_save({}, tmp_path / "models" / f"fold{k}" / "model.pt")
-    (tmp_path / "models" / "fold7").mkdir()  # a fold still training: no model.pt yet
-    expected = [str(tmp_path / "models" / f"fold{k}" / "model.pt") for k in (0, 2, 10)]
-    assert find_checkpoints(tmp_path / "models") == expected
+def test_checkpoint_folds_names_the_ensembles_folds() -> None:
+    """evaluate_ensemble.json's ``ensemble_folds``: the fold numbers of the checkpoints that
+    common.ensemble.find_checkpoints found (tests/test_ensemble.py), for eval_datalist's held-out warning; a
+    single models/model.pt has none, and a fold given twice counts once."""
+    paths = ["run/models/fold10/model.pt", "run/models/fold2/model.pt", "run/models/model.pt", "b/fold2/model.pt"]
+    assert checkpoint_folds(paths) == [2, 10]
+    assert checkpoint_folds(["run/models/model.pt", "run/models/foldx/model.pt"]) == []
