@@ -71,3 +71,38 @@ def test_brats_segments_are_named_by_the_values_the_edition_writes(
     assert label_app._name_brats_label_values(bundle) == expected
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == expected  # what MONAI Label reads
+
+
+@pytest.mark.parametrize("bundle_name", ["brats_segmentation", "cxr14_classification", "luna16_detection"])
+def test_demo_weights_are_served_with_the_demo_network(bundle_name: str, tmp_path: Path) -> None:
+    """``make label LABEL_WEIGHTS=work_dirs/demo``: the app's copy gets configs/demo.json merged into inference.json
+    and train.json (MONAI Label reads each alone), so a demo run's ``<bundle>/models/model.pt`` fits and is served
+    as trained; without the merge the same file is refused (what ``make label`` did with demo weights)."""
+    src = ROOT / "bundles" / bundle_name
+    demo_run = tmp_path / "demo" / bundle_name / "models"
+    demo_run.mkdir(parents=True)
+    from conftest import activate_bundle
+
+    activate_bundle(src)
+    parser = ConfigParser()
+    parser.read_config([str(src / "configs" / "inference.json"), str(src / "configs" / "demo.json")])
+    parser.get_parsed_content("imports")
+    torch.manual_seed(1)
+    state = parser.get_parsed_content("network_def", instantiate=True).state_dict()
+    torch.save({"model": state, "info": {"bundle": bundle_name}}, demo_run / "model.pt")
+
+    plain = tmp_path / "plain" / bundle_name
+    shutil.copytree(src, plain, ignore=label_app.IGNORE)
+    assert label_app.weights(plain, tmp_path / "plain.pt", demo_run / "model.pt").startswith("seeded random: REFUSED")
+
+    copy = tmp_path / "app" / bundle_name
+    shutil.copytree(src, copy, ignore=label_app.IGNORE)
+    assert label_app.merge_demo(copy) == ["inference.json", "train.json"]
+    for name in ("inference.json", "train.json"):  # each file alone now holds the demo's ids
+        merged = json.loads((copy / "configs" / name).read_text())
+        demo = json.loads((src / "configs" / "demo.json").read_text())
+        assert all(merged[k] == v for k, v in demo.items() if "#" not in k), name
+    status = label_app.weights(copy, tmp_path / "served.pt", demo_run / "model.pt")
+    assert status == f"trained ({demo_run / 'model.pt'})"
+    served = load_checkpoint(tmp_path / "served.pt")["model"]
+    assert all(torch.equal(served[k], state[k]) for k in state)

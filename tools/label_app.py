@@ -1,6 +1,7 @@
 """Assemble a MONAI Label app (sample ``monaibundle`` app + this repository's bundles) and a studies folder.
 
     python tools/label_app.py --out work_dirs/label [--bundles luna16_detection|all|a,b] [--sample_app <dir>]
+        [--weights_from work_dirs/demo]
     monailabel start_server --app work_dirs/label/app --studies work_dirs/label/studies \
         --conf models luna16_detection --conf zoo_source github --conf sam2 false \
         --conf use_pretrained_model false --host 127.0.0.1 --port 8123
@@ -11,7 +12,10 @@ Layout written under ``--out``:
   (without ``models/``, ``eval/``, caches) plus a copy of the repository's ``common`` package inside the bundle
   (MONAI Label puts only the bundle directory on ``sys.path``), and ``models/model.pt`` = ``{"model": state_dict}``:
   the bundle's own ``models/model.pt`` when it fits ``network_def`` (trained with the default configs), else seeded
-  random weights of ``network_def``.
+  random weights of ``network_def``. With ``--weights_from DIR`` (``make label LABEL_WEIGHTS=work_dirs/demo``) the
+  weights are ``DIR/<bundle>/models/model.pt`` of a demo run, and the app's copy of the bundle gets the demo's
+  network and recipe: ``configs/demo.json`` merged into its ``inference.json`` and ``train.json`` (MONAI Label reads
+  each of them alone), so the demo's weights are served and ``/train/`` fine-tunes the demo's network.
 - ``studies/``: one synthetic case per bundle, written by the bundle's own ``scripts.synthetic`` CLI and stored
   under a file name MONAI Label's datastore lists (``<bundle>_case.nii.gz`` / ``.png``); BraTS gets two
   4-channel studies with their segmentations in ``studies/labels/final/`` so that ``/train/`` can run.
@@ -77,15 +81,16 @@ def _run(cmd: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
-def weights(bundle: Path, dst: Path) -> str:
-    """The bundle's own ``models/model.pt`` if it fits the inference ``network_def``, else seeded random weights.
+def weights(bundle: Path, dst: Path, own: Path | None = None) -> str:
+    """``own`` (default: the bundle's ``models/model.pt``) if it fits the inference ``network_def`` of ``bundle``'s
+    configs, else seeded random weights.
 
-    A checkpoint that does not fit (demo weights: the demos train smaller networks than the bundle's
-    ``network_def``, which MONAI Label builds from ``inference.json``) is refused here with the reason, instead of
-    failing every ``/infer/`` request later with HTTP 500.
+    A checkpoint that does not fit (demo weights without ``--weights_from``: the demos train smaller networks than
+    the bundle's ``network_def``, which MONAI Label builds from ``inference.json``) is refused here with the reason,
+    instead of failing every ``/infer/`` request later with HTTP 500.
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
-    own = bundle / "models" / "model.pt"
+    own = own or bundle / "models" / "model.pt"
     status = _run([sys.executable, "-c", _WEIGHTS, str(dst), str(ROOT), str(own) if own.is_file() else ""], cwd=bundle)
     status = status.strip().splitlines()[-1]
     if "REFUSED" in status:
@@ -157,6 +162,20 @@ LABEL_OVERRIDES = {
 }
 
 
+def merge_demo(bundle_copy: Path) -> list[str]:
+    """``configs/demo.json`` merged into the copy's ``inference.json`` and ``train.json`` with MONAI's own layering
+    (``a#b`` ids included), as ``--config_file "['configs/inference.json','configs/demo.json']"`` does."""
+    from monai.bundle import ConfigParser
+
+    configs = bundle_copy / "configs"
+    merged = []
+    for name in ("inference.json", "train.json"):
+        content = ConfigParser.load_config_files([str(configs / name), str(configs / "demo.json")])
+        (configs / name).write_text(json.dumps(content, indent=4) + "\n")
+        merged.append(name)
+    return merged
+
+
 def _override(bundle_copy: Path, overrides: dict[str, dict]) -> None:
     for config, values in overrides.items():
         cfg = bundle_copy / "configs" / config
@@ -189,7 +208,7 @@ def _name_brats_label_values(bundle_copy: Path) -> dict[str, str]:
     return channel_def
 
 
-def build(out: Path, names: list[str], sample_app: Path) -> dict:
+def build(out: Path, names: list[str], sample_app: Path, weights_from: Path | None = None) -> dict:
     app = out / "app"
     if app.exists():
         shutil.rmtree(app)
@@ -204,17 +223,20 @@ def build(out: Path, names: list[str], sample_app: Path) -> dict:
         dst = app / "model" / name
         shutil.copytree(src, dst, ignore=IGNORE)
         shutil.copytree(ROOT / "common", dst / "common", ignore=IGNORE)
+        demo = merge_demo(dst) if weights_from else []
         if name in LABEL_OVERRIDES:
             _override(dst, LABEL_OVERRIDES[name])
         if name == "brats_segmentation":
             _name_brats_label_values(dst)
-        w = weights(src, dst / "models" / "model.pt")
+        own = weights_from / name / "models" / "model.pt" if weights_from else None
+        w = weights(dst, dst / "models" / "model.pt", own)
         case = synthetic_case(src, studies)
         report[name] = {
             "bundle": str(dst),
             "weights": w,
             "study": case.name,
             "overrides": LABEL_OVERRIDES.get(name, {}),
+            "demo_merged_into": demo,
         }
     (out / "label_app.json").write_text(json.dumps(report, indent=2))
     (out / "models.txt").write_text(",".join(names) + "\n")  # for `--conf models` (make label)
@@ -226,13 +248,15 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "work_dirs" / "label"))
     p.add_argument("--bundles", default="luna16_detection", help="comma-separated bundle names ('all': every bundle)")
     p.add_argument("--sample_app", default="")
+    p.add_argument("--weights_from", default="", help="a demo run's folder: serve its <bundle>/models/model.pt")
     a = p.parse_args()
     names = [n for n in a.bundles.split(",") if n]
     if names == ["all"]:
         names = sorted(b.name for b in BUNDLES.iterdir() if (b / "configs" / "inference.json").is_file())
     sample = Path(a.sample_app).resolve() if a.sample_app else default_sample_app()
     # absolute before anything runs: helpers run with the bundle folder as working directory
-    report = build(Path(a.out).resolve(), names, sample)
+    weights_from = Path(a.weights_from).resolve() if a.weights_from else None
+    report = build(Path(a.out).resolve(), names, sample, weights_from)
     print(json.dumps(report, indent=2))
 
 
