@@ -7,6 +7,9 @@ useful range, for the weight-import exactness tests.
 ``HANG_GUARD`` is the one timeout for every subprocess a default-suite test starts. It only stops a hung child
 (a deadlock would otherwise hold CI until its 90-minute limit); it is not a speed check, so it is set far above
 what any run takes on a busy 2-core machine: a test must never fail because the machine was slow.
+
+``bundle_workflow`` builds a bundle's ``ConfigWorkflow`` as ``monai.bundle run`` does; ``inference_workflow`` is its
+``run`` of ``inference.json`` (plus overlays) over one input folder or file.
 """
 
 from __future__ import annotations
@@ -80,3 +83,27 @@ def bundle_workflow(bundle: Path, config_files: Sequence[str | Path], workflow_t
     )
     wf.initialize()
     return wf
+
+
+def inference_workflow(
+    bundle: Path,
+    config_files: Sequence[str | Path],
+    dataset_dir: str | Path,
+    output_dir: str | Path,
+    bundle_root: str | Path | None = None,
+    **override: Any,
+):
+    """``bundle_workflow`` of the ``run`` id of ``config_files`` (``inference.json`` first, overlays such as a
+    ``weights_*.json`` after it): predicts ``dataset_dir`` (a folder or one study) into ``output_dir``.
+    ``bundle_root`` is the bundle itself unless given; ``override`` as in ``bundle_workflow`` (e.g. ``ckpt_path``).
+    Initialized, not run: a test may still change the parsed network before ``run()``."""
+    return bundle_workflow(
+        bundle,
+        config_files,
+        "inference",
+        "run",
+        bundle_root=str(bundle if bundle_root is None else bundle_root),
+        dataset_dir=str(dataset_dir),
+        output_dir=str(output_dir),
+        **override,
+    )

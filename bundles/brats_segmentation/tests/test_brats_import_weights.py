@@ -22,7 +22,7 @@ from monai.networks.nets import SegResNet
 from monai.transforms import Activationsd, AsDiscreted, Compose, Lambdad, LoadImaged, NormalizeIntensityd
 
 from scripts.synthetic import LAYOUTS, generate
-from tests.helpers import bundle_workflow, randomize_weights
+from tests.helpers import inference_workflow, randomize_weights
 from tools.import_weights import import_weights
 from tools.weights.publisher import WeightsImportError
 
@@ -102,16 +102,8 @@ def test_import_gives_the_model_zoo_label_maps(published: Path, tmp_path: Path) 
     assert ckpt["info"]["source"] == "model_zoo_brats" and set(ckpt["model"]) == set(network.state_dict())
 
     start = time.perf_counter()
-    workflow = bundle_workflow(
-        BUNDLE,
-        CONFIGS,
-        "inference",
-        "run",
-        bundle_root=str(BUNDLE),
-        ckpt_path=str(imported),
-        dataset_dir=str(case),
-        output_dir=str(tmp_path / "eval"),
-        val_roi_size=TEST_ROI,
+    workflow = inference_workflow(
+        BUNDLE, CONFIGS, case, tmp_path / "eval", ckpt_path=str(imported), val_roi_size=TEST_ROI
     )
     workflow.run()
     ours = np.asarray(nib.load(tmp_path / "eval" / f"{case.name}_seg.nii.gz").dataobj)

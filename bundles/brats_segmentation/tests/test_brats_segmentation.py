@@ -31,7 +31,7 @@ from scripts.prepare import find_cases, inference_items, prepare
 from scripts.studies import stack_case
 from scripts.synthetic import generate
 from scripts.writers import SaveBratsSegd
-from tests.helpers import bundle_workflow
+from tests.helpers import bundle_workflow, inference_workflow
 
 BUNDLE = Path(__file__).resolve().parents[1]
 REPO = BUNDLE.parents[1]
@@ -385,16 +385,7 @@ def test_bad_input_leaves_no_output(data: dict[str, Path], tmp_path: Path) -> No
     with gzip.open(t1c, "wb") as f:
         f.write(raw[: len(raw) - 5000])  # valid gzip, truncated NIfTI data
     out = tmp_path / "pred"
-    inf = _workflow(
-        _configs("inference.json"),
-        "infer",
-        "run",
-        dataset_dir=str(case),
-        bundle_root=str(tmp_path),
-        output_dir=str(out),
-        init_filters=8,
-        val_roi_size=[48, 48, 32],
-    )
+    inf = inference_workflow(BUNDLE, ["inference.json"], case, out, tmp_path, init_filters=8, val_roi_size=[48, 48, 32])
     with pytest.raises(Exception) as excinfo:
         inf.run()
     chain, e = [], excinfo.value
@@ -465,18 +456,8 @@ def test_inference_on_single_file_writes_default_edition_labels(
     stacked = stack_case(case, tmp_path / "study.nii.gz")
     torch.manual_seed(0)
     ckpt = tmp_path / "model.pt"
-    inf = _workflow(
-        _configs("inference.json"),
-        "infer",
-        "run",
-        dataset_dir=str(stacked),
-        bundle_root=str(tmp_path),
-        ckpt_path=str(ckpt),
-        output_dir=str(tmp_path / "out"),
-        init_filters=8,
-        val_roi_size=[48, 48, 32],
-        default_edition=edition,
-    )
+    inf = inference_workflow(BUNDLE, ["inference.json"], stacked, tmp_path / "out", tmp_path, ckpt_path=str(ckpt),
+                             init_filters=8, val_roi_size=[48, 48, 32], default_edition=edition)  # fmt: skip
     net = inf.parser.get_parsed_content("network_def")
     with torch.no_grad():  # a network whose biases make every region positive: all three labels get written
         net.conv_final[-1].conv.bias.fill_(5.0)

@@ -29,7 +29,7 @@ from scipy import ndimage, stats
 from common.checkpoint import CheckpointError, atomic_save
 from common.errors import root_cause
 from scripts.labels import LABELS
-from tests.helpers import bundle_workflow, calibrate_batch_norm, randomize_weights
+from tests.helpers import bundle_workflow, calibrate_batch_norm, inference_workflow, randomize_weights
 from tools.import_weights import import_weights
 from tools.weights.publisher import WeightsImportError
 
@@ -91,18 +91,7 @@ def xrv_outputs(network: torch.nn.Module, png: Path, op_threshs: torch.Tensor | 
 
 
 def _bundle_probabilities(ckpt: Path, images: Path, out: Path, **override: object) -> dict[str, dict[str, float]]:
-    workflow = bundle_workflow(
-        BUNDLE,
-        CONFIGS,
-        "inference",
-        "run",
-        bundle_root=str(BUNDLE),
-        ckpt_path=str(ckpt),
-        dataset_dir=str(images),
-        output_dir=str(out),
-        num_workers=0,
-        **override,
-    )
+    workflow = inference_workflow(BUNDLE, CONFIGS, images, out, ckpt_path=str(ckpt), num_workers=0, **override)
     workflow.run()
     with open(out / "predictions.csv", newline="") as f:
         return {Path(r.pop("image")).name: {k: float(v) for k, v in r.items()} for r in csv.DictReader(f)}

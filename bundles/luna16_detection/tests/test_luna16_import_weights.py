@@ -37,7 +37,7 @@ from monai.transforms import (
 
 from scripts.engines import needs_sliding_window
 from scripts.synthetic import make_scan, write_mhd
-from tests.helpers import bundle_workflow, calibrate_batch_norm, randomize_weights
+from tests.helpers import calibrate_batch_norm, inference_workflow, randomize_weights
 from tools.import_weights import import_weights
 from tools.weights.publisher import WeightsImportError
 
@@ -149,17 +149,7 @@ def test_import_gives_the_model_zoo_detections(published: Path, scan: Path, tmp_
     imported = tmp_path / "models" / "model.pt"
     import_weights("model_zoo_luna16", published, imported)
     start = time.perf_counter()
-    workflow = bundle_workflow(
-        BUNDLE,
-        CONFIGS,
-        "inference",
-        "run",
-        bundle_root=str(BUNDLE),
-        ckpt_path=str(imported),
-        dataset_dir=str(mhd),
-        output_dir=str(tmp_path / "eval"),
-        num_workers=0,
-    )
+    workflow = inference_workflow(BUNDLE, CONFIGS, mhd, tmp_path / "eval", ckpt_path=str(imported), num_workers=0)
     workflow.run()
     written = json.loads((tmp_path / "eval" / f"{mhd.stem}.json").read_text())
     print(f"model zoo pipeline {zoo_seconds:.1f} s, bundle {time.perf_counter() - start:.1f} s, {len(scores)} boxes")
