@@ -12,8 +12,9 @@ with ResNet-50 (minutes per window and >20 GB of activations on this 2-core mach
 1/4 to 128x128x48 for BOTH sides, and the scan is chosen so that, like a real scan against the real patch, it
 fits the patch in x/y and needs two windows along z. The training patch is reduced from 192x192x80 x 4 to
 64x64x32 x 2 for both sides.
-Weights: seeded random init of the bundle's network_def, with the classification layer re-drawn (std 0.1,
-bias -3) so that a random network gives a spread of scores above the 0.02 threshold to compare detections on.
+Weights: seeded random init of the model zoo's network (``zoo_network``: the class and arguments of the bundle's
+network_def), with the classification layer re-drawn (std 0.1, bias -3) so that a random network gives a spread of
+scores above the 0.02 threshold to compare detections on.
 
     .venv/bin/python -m benchmarks.speed.luna16 --out benchmarks/results/speed_luna16.json
 """
@@ -30,7 +31,14 @@ from benchmarks.speed.agreement import match_detections
 
 BUNDLE = "luna16_detection"
 BUNDLE_DIR = harness.setup_paths(BUNDLE)
+
+# The model zoo's lung_nodule_ct_detection v0.6.8 (configs/inference.json): the reference of this benchmark and of
+# bundles/luna16_detection/tests/test_luna16_import_weights.py
 SPACING = (0.703125, 0.703125, 1.25)
+ZOO_BACKBONE = {"spatial_dims": 3, "n_input_channels": 1, "conv1_t_stride": [2, 2, 1], "conv1_t_size": [7, 7, 7]}
+ZOO_SIZE_DIVISIBLE = [16, 16, 8]
+ZOO_ANCHORS = {"feature_map_scales": [1, 2, 4], "base_anchor_shapes": [[6, 8, 4], [8, 6, 5], [10, 10, 6]]}
+ZOO_SELECTOR = {"score_thresh": 0.02, "topk_candidates_per_level": 1000, "nms_thresh": 0.22, "detections_per_img": 300}
 
 
 def sizes(smoke: bool) -> dict[str, Any]:
@@ -78,18 +86,19 @@ def pick_scan(items: list[dict[str, Any]], roi: list[int], target: tuple[int, in
 # ------------------------------------------------------------------------------------------------ pipelines
 
 
-def network_def() -> Any:
+def zoo_network() -> Any:
+    """The model zoo's RetinaNet (3D ResNet-50 FPN backbone), randomly initialised."""
     from monai.apps.detection.networks.retinanet_network import RetinaNet, resnet_fpn_feature_extractor
     from monai.networks.nets import resnet
 
-    backbone = resnet.resnet50(spatial_dims=3, n_input_channels=1, conv1_t_stride=[2, 2, 1], conv1_t_size=[7, 7, 7])
+    backbone = resnet.resnet50(**ZOO_BACKBONE)
     fe = resnet_fpn_feature_extractor(backbone, 3, False, [1, 2], None)
     return RetinaNet(
         spatial_dims=3,
         num_classes=1,
         num_anchors=3,
         feature_extractor=fe,
-        size_divisible=[16, 16, 8],
+        size_divisible=ZOO_SIZE_DIVISIBLE,
         use_list_output=False,
     )
 
@@ -98,19 +107,15 @@ def detector_of(network: Any, roi: list[int], train: bool) -> Any:
     from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
     from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
 
-    anchors = AnchorGeneratorWithAnchorShape(
-        feature_map_scales=[1, 2, 4], base_anchor_shapes=[[6, 8, 4], [8, 6, 5], [10, 10, 6]]
-    )
+    anchors = AnchorGeneratorWithAnchorShape(**ZOO_ANCHORS)
     det = RetinaNetDetector(
-        network=network, anchor_generator=anchors, spatial_dims=3, num_classes=1, size_divisible=[16, 16, 8]
+        network=network, anchor_generator=anchors, spatial_dims=3, num_classes=1, size_divisible=ZOO_SIZE_DIVISIBLE
     )
     if train:
         det.set_atss_matcher(num_candidates=4, center_in_gt=False)
         det.set_hard_negative_sampler(batch_size_per_image=64, positive_fraction=0.3, pool_size=20, min_neg=16)
     det.set_target_keys(box_key="box", label_key="label")
-    det.set_box_selector_parameters(
-        score_thresh=0.02, topk_candidates_per_level=1000, nms_thresh=0.22, detections_per_img=300
-    )
+    det.set_box_selector_parameters(**ZOO_SELECTOR)
     det.set_sliding_window_inferer(roi_size=roi, overlap=0.25, sw_batch_size=1, mode="constant", device="cpu")
     return det
 
@@ -149,7 +154,7 @@ class ReferenceInference:
         from monai.transforms import Compose
 
         self.item, self.weights, self.out_dir = item, weights, out_dir
-        self.network = network_def()
+        self.network = zoo_network()
         self.detector = detector_of(self.network, roi, train=False)
         self.pre = Compose(load_transforms())
         self.post = Compose(
@@ -311,7 +316,7 @@ def _scoring_network() -> Any:
     """The bundle's RetinaNet with a redrawn classification layer: a fresh one scores every box ~0.01, below 0.02."""
     import torch
 
-    net = network_def()
+    net = zoo_network()
     head = net.classification_head.cls_logits
     torch.nn.init.normal_(head.weight, std=0.1)
     torch.nn.init.constant_(head.bias, -3.0)
@@ -338,7 +343,7 @@ def child_main(args: Any) -> None:
         train_items = items["train"][:1]
         state = torch.load(weights, weights_only=True)["model"]
         if side == "reference":
-            net = network_def()
+            net = zoo_network()
             net.load_state_dict(state)
             ReferenceTraining(net, train_items, sz["train_patch"], sz["train_batch"])()
         else:
@@ -392,7 +397,7 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
     }
 
     iters = len(train_items)
-    net = network_def()
+    net = zoo_network()
     net.load_state_dict(state)
     ref_tr = ReferenceTraining(net, train_items, sz["train_patch"], sz["train_batch"])
     our_tr, our_tp = our_trainer(train_items, work, sz["train_patch"], sz["train_batch"])

@@ -3,8 +3,9 @@ zoo's boxes and scores through this bundle's inference config + configs/weights_
 
 The model zoo's side is written here from its own files (models/lung_nodule_ct_detection v0.6.8: configs/
 inference.json with whether_raw_luna16 true, scripts/detection_inferer.py), with MONAI's classes: the network with its
-arguments and seeded random weights saved as a bare state dict (what its CheckpointSaver writes), its preprocessing,
-detector settings, window rule and box postprocessing. The same scan goes through both; every box must have one
+arguments, anchors and box selector (``benchmarks.speed.luna16``, the speed benchmark's reference too) and seeded
+random weights saved as a bare state dict (what its CheckpointSaver writes), its preprocessing, detector settings,
+window rule and box postprocessing. The same scan goes through both; every box must have one
 partner (world mm, as written to 3 decimals) with a score within 1e-4.
 """
 
@@ -19,12 +20,10 @@ import numpy as np
 import pytest
 import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
-from monai.apps.detection.networks.retinanet_network import RetinaNet, resnet_fpn_feature_extractor
 from monai.apps.detection.transforms.dictionary import AffineBoxToWorldCoordinated, ClipBoxToImaged, ConvertBoxModed
 from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
 from monai.bundle import ConfigParser
 from monai.networks.nets import SegResNet
-from monai.networks.nets.resnet import resnet50
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
@@ -35,6 +34,7 @@ from monai.transforms import (
     Spacingd,
 )
 
+from benchmarks.speed.luna16 import ZOO_ANCHORS, ZOO_SELECTOR, ZOO_SIZE_DIVISIBLE, zoo_network
 from scripts.engines import needs_sliding_window
 from scripts.synthetic import make_scan, write_mhd
 from tests.helpers import calibrate_batch_norm, inference_workflow, randomize_weights
@@ -44,26 +44,10 @@ from tools.weights.publisher import WeightsImportError
 BUNDLE = Path(__file__).resolve().parents[1]
 CONFIGS = [str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "weights_model_zoo.json")]
 
-# models/lung_nodule_ct_detection/configs/inference.json (model zoo v0.6.8)
-ZOO_BACKBONE = {"spatial_dims": 3, "n_input_channels": 1, "conv1_t_stride": [2, 2, 1], "conv1_t_size": [7, 7, 7]}
-ZOO_ANCHORS = {"feature_map_scales": [1, 2, 4], "base_anchor_shapes": [[6, 8, 4], [8, 6, 5], [10, 10, 6]]}
-ZOO_SIZE_DIVISIBLE = [16, 16, 8]
-ZOO_SELECTOR = {"score_thresh": 0.02, "topk_candidates_per_level": 1000, "nms_thresh": 0.22, "detections_per_img": 300}
+# models/lung_nodule_ct_detection/configs/inference.json (model zoo v0.6.8); its network, anchors and box selector are
+# the speed benchmark's reference (benchmarks/speed/luna16.py), which reduces the window
 ZOO_WINDOW = {"roi_size": [512, 512, 192], "overlap": 0.25, "sw_batch_size": 1, "mode": "constant", "device": "cpu"}
 ZOO_SPACING = [0.703125, 0.703125, 1.25]
-
-
-def zoo_network() -> RetinaNet:
-    backbone = resnet50(**ZOO_BACKBONE)
-    features = resnet_fpn_feature_extractor(backbone, 3, False, [1, 2], None)
-    return RetinaNet(
-        spatial_dims=3,
-        num_classes=1,
-        num_anchors=3,
-        feature_extractor=features,
-        size_divisible=ZOO_SIZE_DIVISIBLE,
-        use_list_output=False,
-    )
 
 
 def zoo_image(mhd: Path) -> torch.Tensor:
@@ -81,7 +65,7 @@ def zoo_image(mhd: Path) -> torch.Tensor:
     return preprocessing({"image": str(mhd)})["image"]
 
 
-def zoo_detections(network: RetinaNet, mhd: Path) -> tuple[np.ndarray, np.ndarray]:
+def zoo_detections(network: torch.nn.Module, mhd: Path) -> tuple[np.ndarray, np.ndarray]:
     """World LPS ``cccwhd`` boxes and scores, as the model zoo's inference.json computes them for a raw scan."""
     detector = RetinaNetDetector(
         network=network,
