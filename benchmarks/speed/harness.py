@@ -321,6 +321,17 @@ def write_results(path: str | Path, results: dict[str, Any]) -> Path:
     return atomic_write_text(json.dumps(results, indent=2, default=str) + "\n", path)
 
 
+def print_report(report: dict[str, Any], out: str | Path | None) -> None:
+    """``report`` as indented JSON on stdout and, when ``out`` is given, written atomically there (the one-off
+    LUNA16 window and full-size measurements)."""
+    from common.files import atomic_write_text
+
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        atomic_write_text(text + "\n", out)
+
+
 def speedups(timings: dict[str, dict[str, Any]], sides: Sequence[str], key: str = "median_s") -> dict[str, float]:
     """Reference time over each side's time (``median_s``), or each side's rate over the reference's."""
     ref = timings["reference"][key]

@@ -138,12 +138,7 @@ def main() -> None:
         "machine": machine,
         **rows,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        from common.files import atomic_write_text
-
-        atomic_write_text(text + "\n", args.out)
+    harness.print_report(report, args.out)
 
 
 if __name__ == "__main__":
