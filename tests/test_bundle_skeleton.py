@@ -26,6 +26,29 @@ def _json(bundle: Path, name: str) -> dict:
     return json.loads((bundle / "configs" / name).read_text())
 
 
+# Every configs/*.json is a base config or a file layered on one (``--config_file "['configs/<base>', ...]"``); the
+# rest are no ``monai.bundle run`` configs: metadata.json (``--meta_file``) and demo_spec.json (tools/demo.py's data).
+LAYERED = {
+    "train.json": ["evaluate.json", "multi_gpu_train.json", "demo.json", "evaluate_*.json", "network_*.json",
+                   "weights_*.json"],
+    "inference.json": ["demo.json", "inference_*.json", "localisation.json", "network_*.json", "weights_*.json"],
+}  # fmt: skip
+NOT_RUN_CONFIGS = {"metadata.json", "demo_spec.json"}
+
+
+def _layered(bundle: Path, base: str) -> list[Path]:
+    """The config files layered on ``base`` in ``bundle``, sorted by name."""
+    configs = bundle / "configs"
+    return sorted({f for pattern in LAYERED[base] for f in configs.glob(pattern)})
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_every_config_file_is_a_base_or_layered_on_one(bundle: Path) -> None:
+    """So that the checkpoint and import checks below, which walk LAYERED, see every config a user can run."""
+    known = {*LAYERED, *NOT_RUN_CONFIGS, *(f.name for base in LAYERED for f in _layered(bundle, base))}
+    assert {f.name for f in (bundle / "configs").glob("*.json")} <= known
+
+
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
 def test_run_ids(bundle: Path) -> None:
     """``training`` in train.json, ``evaluating`` in evaluate.json, ``run`` in inference.json; seeding in
@@ -132,8 +155,48 @@ def test_checkpoint_convention(bundle: Path) -> None:
     assert evaluate["ckpt_path"] == "$@ckpt_dir + '/model.pt'" and LOAD_WEIGHTS in evaluate["evaluating"]
     assert infer["ckpt_path"] == "$@bundle_root + '/models/model.pt'"
     assert infer["run"].index(LOAD_WEIGHTS) < next(i for i, x in enumerate(infer["run"]) if "evaluator.run()" in x)
-    for name in ("train.json", "evaluate.json", "inference.json", "multi_gpu_train.json"):
-        assert "CheckpointLoader" not in (bundle / "configs" / name).read_text(), name
+
+
+RUN_IDS = ("training", "evaluating", "run", "localising")
+ENSEMBLE_LOADERS = {
+    "common.ensemble.load_networks": {"network": "@network_def", "ckpt_paths": "@ckpt_paths"},
+    "common.ensemble.load_fold_networks": {"network": "@network_def", "models_dir": "@models_dir"},
+}
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_every_config_loads_checkpoints_one_way(bundle: Path) -> None:
+    """Every configs/*.json (ensembles, localisation, network and weights overrides too) loads weights only through
+    ``common.checkpoint.load_weights`` (one model: ``ckpt_path``, defined by evaluate.json and inference.json
+    alone) or ``common.ensemble`` (fold ensembles: the ``models/fold{k}/model.pt`` files under
+    ``models_dir = bundle_root/models``, found by ``find_checkpoints``), before any ``.run()`` of its run id; never
+    through a loader handler, ``torch.load`` or ``load_state_dict``."""
+    loaders = set()
+    for file in sorted((bundle / "configs").glob("*.json")):
+        text, config = file.read_text(), json.loads(file.read_text())
+        for banned in ("CheckpointLoader", "torch.load", "load_state_dict"):
+            assert banned not in text, f"{file.name}: {banned}"
+        assert ("ckpt_path" in config) == (file.name in ("evaluate.json", "inference.json")), file.name
+        for run_id in RUN_IDS:
+            steps = config.get(run_id, [])
+            loads = [i for i, step in enumerate(steps) if "load_weights" in step]
+            assert all(steps[i] == LOAD_WEIGHTS for i in loads), f"{file.name}: {run_id}"
+            if loads:
+                runs = [i for i, step in enumerate(steps) if ".run()" in step]
+                assert len(loads) == 1 and runs and loads[0] < runs[0], f"{file.name}: {run_id}"
+                loaders.add(file.name)
+        for target, arguments in ENSEMBLE_LOADERS.items():
+            for component in _components(config, target):
+                assert arguments.items() <= component.items(), f"{file.name}: {component}"
+                loaders.add(file.name)
+        if "models_dir" in config:
+            assert config["models_dir"] == "$@bundle_root + '/models'", file.name
+            assert [c["models_dir"] for c in _components(config, "common.ensemble.find_checkpoints")] == [
+                "@models_dir"
+            ], file.name
+    ensembles = {f.name for f in (bundle / "configs").glob("*_ensemble.json")}
+    assert {"evaluate.json", "inference.json", "evaluate_ensemble.json", "inference_ensemble.json"} <= loaders
+    assert loaders - {"evaluate.json", "inference.json"} - ensembles <= {"localisation.json"}
 
 
 EXPR_MODULE = re.compile(r"(?<![\w.@#])((?:common|scripts)(?:\.[a-z_]+)+|os|glob)\b(?=\.)")
@@ -161,14 +224,11 @@ def _modules_used(configs: list[dict]) -> set[str]:
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
 def test_one_import_idiom(bundle: Path) -> None:
     """``imports`` lists ``$import <module>`` for exactly the modules the expressions use, with their top-level
-    package (MONAI binds ``$import a.b`` to the name ``a.b`` only); ``_target_`` paths need none. train.json
-    imports for the files layered on it (evaluate, multi_gpu_train, demo, the published-weights overrides), whose own
-    ``imports`` would replace it."""
-    configs = bundle / "configs"
-    weights = ["weights_model_zoo.json", "weights_xrv.json"]
-    for base, layered in (("train.json", ["evaluate.json", "multi_gpu_train.json", "demo.json", *weights]),
-                          ("inference.json", ["demo.json", *weights])):  # fmt: skip
-        files = [configs / base, *(configs / f for f in layered if (configs / f).is_file())]
+    package (MONAI binds ``$import a.b`` to the name ``a.b`` only); ``_target_`` paths need none. train.json and
+    inference.json import for every file layered on them (LAYERED: evaluate, multi_gpu_train, demo, ensembles,
+    localisation, network and published-weights overrides), whose own ``imports`` would replace theirs."""
+    for base in LAYERED:
+        files = [bundle / "configs" / base, *_layered(bundle, base)]
         data = [json.loads(f.read_text()) for f in files]
         modules = _modules_used(data)
         modules |= {m.split(".")[0] for m in modules}
