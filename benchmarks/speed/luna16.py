@@ -121,6 +121,7 @@ def detector_of(network: Any, roi: list[int], train: bool) -> Any:
 
 
 def load_transforms() -> list[Any]:
+    """The model zoo's preprocessing of a raw LUNA16 scan (its inference.json with ``whether_raw_luna16`` true)."""
     import torch
     from monai.transforms import (
         EnsureChannelFirstd,

@@ -3,8 +3,8 @@ zoo's boxes and scores through this bundle's inference config + configs/weights_
 
 The model zoo's side is written here from its own files (models/lung_nodule_ct_detection v0.6.8: configs/
 inference.json with whether_raw_luna16 true, scripts/detection_inferer.py), with MONAI's classes: the network with its
-arguments, anchors and box selector (``benchmarks.speed.luna16``, the speed benchmark's reference too) and seeded
-random weights saved as a bare state dict (what its CheckpointSaver writes), its preprocessing, detector settings,
+arguments, anchors, box selector and preprocessing (``benchmarks.speed.luna16``, the speed benchmark's reference
+too) and seeded random weights saved as a bare state dict (what its CheckpointSaver writes), its detector settings,
 window rule and box postprocessing. The same scan goes through both; every box must have one
 partner (world mm, as written to 3 decimals) with a score within 1e-4.
 """
@@ -24,17 +24,9 @@ from monai.apps.detection.transforms.dictionary import AffineBoxToWorldCoordinat
 from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
 from monai.bundle import ConfigParser
 from monai.networks.nets import SegResNet
-from monai.transforms import (
-    Compose,
-    EnsureChannelFirstd,
-    EnsureTyped,
-    LoadImaged,
-    Orientationd,
-    ScaleIntensityRanged,
-    Spacingd,
-)
+from monai.transforms import Compose
 
-from benchmarks.speed.luna16 import ZOO_ANCHORS, ZOO_SELECTOR, ZOO_SIZE_DIVISIBLE, zoo_network
+from benchmarks.speed.luna16 import SPACING, ZOO_ANCHORS, ZOO_SELECTOR, ZOO_SIZE_DIVISIBLE, load_transforms, zoo_network
 from scripts.engines import needs_sliding_window
 from scripts.synthetic import make_scan, write_mhd
 from tests.helpers import calibrate_batch_norm, inference_workflow, randomize_weights
@@ -44,25 +36,15 @@ from tools.weights.publisher import WeightsImportError
 BUNDLE = Path(__file__).resolve().parents[1]
 CONFIGS = [str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "weights_model_zoo.json")]
 
-# models/lung_nodule_ct_detection/configs/inference.json (model zoo v0.6.8); its network, anchors and box selector are
-# the speed benchmark's reference (benchmarks/speed/luna16.py), which reduces the window
+# models/lung_nodule_ct_detection/configs/inference.json (model zoo v0.6.8); its network, anchors, box selector and
+# preprocessing are the speed benchmark's reference (benchmarks/speed/luna16.py), which reduces the window
 ZOO_WINDOW = {"roi_size": [512, 512, 192], "overlap": 0.25, "sw_batch_size": 1, "mode": "constant", "device": "cpu"}
-ZOO_SPACING = [0.703125, 0.703125, 1.25]
+ZOO_SPACING = list(SPACING)
 
 
 def zoo_image(mhd: Path) -> torch.Tensor:
     """The model zoo's preprocessing of a raw LUNA16 scan (``whether_raw_luna16`` true)."""
-    preprocessing = Compose(
-        [
-            LoadImaged(keys="image", reader="itkreader", affine_lps_to_ras=True),
-            EnsureChannelFirstd(keys="image"),
-            Orientationd(keys="image", axcodes="RAS"),
-            Spacingd(keys="image", pixdim=ZOO_SPACING),
-            ScaleIntensityRanged(keys="image", a_min=-1024.0, a_max=300.0, b_min=0.0, b_max=1.0, clip=True),
-            EnsureTyped(keys="image"),
-        ]
-    )
-    return preprocessing({"image": str(mhd)})["image"]
+    return Compose(load_transforms())({"image": str(mhd)})["image"]
 
 
 def zoo_detections(network: torch.nn.Module, mhd: Path) -> tuple[np.ndarray, np.ndarray]:
