@@ -187,6 +187,53 @@ def test_compressed_transfer_syntaxes_decode(name, syntax, reference, atol):
     np.testing.assert_allclose(image, read_cxr(reference_path)[0], atol=atol + 1e-6)
 
 
+def test_greyscale_jpeg_baseline_radiograph_decodes(tmp_path):
+    """The common CR/DX export: 8-bit MONOCHROME2 JPEG baseline (1.2.840.10008.1.2.4.50), written here from a
+    synthetic radiograph (pydicom's own JPEG baseline files are RGB). It decodes to what Pillow decodes from the
+    same JPEG stream (decoders may differ by one grey level), with the file's rows and columns."""
+    import io
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    rng = np.random.default_rng(0)
+    rows = np.linspace(0, 1, 200)[:, None]
+    picture = np.clip(0.3 + 0.5 * np.exp(-((rows - 0.5) ** 2) * 8) + 0.05 * rng.standard_normal((200, 150)), 0, 1)
+    stream = io.BytesIO()
+    Image.fromarray(np.round(picture * 255).astype(np.uint8), mode="L").save(stream, format="JPEG", quality=90)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = pydicom.dataset.FileDataset(str(tmp_path / "cr.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    ds.Modality, ds.SOPClassUID, ds.SOPInstanceUID = "DX", meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 200, 150, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([stream.getvalue()])
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(tmp_path / "cr.dcm")
+    image, _ = read_cxr(tmp_path / "cr.dcm")
+    expected = np.asarray(Image.open(io.BytesIO(stream.getvalue())), dtype=np.float64) / 255.0
+    assert image.shape == expected.shape == (200, 150)
+    np.testing.assert_allclose(image, expected, atol=1 / 255 + 1e-6)
+
+
+def test_pinned_decoders_cover_the_common_compressed_syntaxes():
+    """pylibjpeg and its plugins (pinned in requirements.txt / environment.yml) decode JPEG baseline, extended and
+    lossless, JPEG-LS, JPEG 2000 and RLE: the syntaxes of DICOM radiographs in the wild. Without a plugin the
+    matching syntax disappears from this list (pydicom still decodes RLE itself, so the RLE test above cannot
+    tell whether pylibjpeg-rle is installed)."""
+    from pylibjpeg.utils import get_pixel_data_decoders
+
+    decoders = get_pixel_data_decoders()
+    for syntax in ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.70",
+                   "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
+                   "1.2.840.10008.1.2.5"):  # fmt: skip
+        assert syntax in decoders, syntax
+
+
 def test_missing_decoder_names_file_syntax_and_package(tmp_path, monkeypatch):
     """Without the JPEG 2000 plugin (simulated: module hidden, pydicom left with its numpy and RLE handlers) the
     error names the file, the transfer syntax and what to pip install."""
