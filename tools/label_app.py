@@ -162,6 +162,12 @@ LABEL_OVERRIDES = {
 }
 
 
+# Every app copy validates after each epoch: a MONAI Label /train/ request sets max_epochs (often a few), and with
+# a longer validation interval (LUNA16's recipe: 10; the BraTS demo's: 4) no validation would run and the trained
+# weights would never replace models/model.pt.
+APP_TRAIN_OVERRIDES = {"train.json": {"val_interval": 1}}
+
+
 def merge_demo(bundle_copy: Path) -> list[str]:
     """``configs/demo.json`` merged into the copy's ``inference.json`` and ``train.json`` with MONAI's own layering
     (``a#b`` ids included), as ``--config_file "['configs/inference.json','configs/demo.json']"`` does."""
@@ -224,6 +230,7 @@ def build(out: Path, names: list[str], sample_app: Path, weights_from: Path | No
         shutil.copytree(src, dst, ignore=IGNORE)
         shutil.copytree(ROOT / "common", dst / "common", ignore=IGNORE)
         demo = merge_demo(dst) if weights_from else []
+        _override(dst, APP_TRAIN_OVERRIDES)
         if name in LABEL_OVERRIDES:
             _override(dst, LABEL_OVERRIDES[name])
         if name == "brats_segmentation":
@@ -235,7 +242,10 @@ def build(out: Path, names: list[str], sample_app: Path, weights_from: Path | No
             "bundle": str(dst),
             "weights": w,
             "study": case.name,
-            "overrides": LABEL_OVERRIDES.get(name, {}),
+            "overrides": {
+                cfg: {**APP_TRAIN_OVERRIDES.get(cfg, {}), **LABEL_OVERRIDES.get(name, {}).get(cfg, {})}
+                for cfg in sorted({*APP_TRAIN_OVERRIDES, *LABEL_OVERRIDES.get(name, {})})
+            },
             "demo_merged_into": demo,
         }
     (out / "label_app.json").write_text(json.dumps(report, indent=2))

@@ -74,8 +74,35 @@ def _post_multipart(url: str, fields: dict[str, str], timeout: float) -> tuple[i
         return e.code, e.read()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+# Seeded weights of the network a demo run trains (inference.json + demo.json), saved where `make demo` saves them
+# (work_dirs/demo/<bundle>/models/model.pt), run in the bundle directory with the repository's `common` on the path.
+_DEMO_WEIGHTS = """
+import sys, torch
+from monai.bundle import ConfigParser
+sys.path[:0] = ['.', sys.argv[2]]
+p = ConfigParser()
+p.read_config(['configs/inference.json', 'configs/demo.json'])
+p.get_parsed_content('imports')
+torch.manual_seed(0)
+net = p.get_parsed_content('network_def', instantiate=True)
+torch.save({'model': net.state_dict(), 'info': {'bundle': sys.argv[3]}}, sys.argv[1])
+"""
+
+
+def _demo_run(folder: Path) -> Path:
+    """A folder laid out as `make demo` leaves work_dirs/demo, with seeded demo-network weights per bundle."""
+    for name in BUNDLES:
+        target = folder / name / "models" / "model.pt"
+        target.parent.mkdir(parents=True)
+        cmd = [sys.executable, "-c", _DEMO_WEIGHTS, str(target), str(ROOT), name]
+        subprocess.run(cmd, cwd=ROOT / "bundles" / name, check=True, capture_output=True)
+    return folder
+
+
+@pytest.fixture(scope="module", params=["bundle_weights", "demo_weights"])
+def server(request, tmp_path_factory):
+    """`make label` as the README gives it: the bundles' own weights, then `LABEL_WEIGHTS=<a demo run>` (the demo's
+    smaller networks, which the app must build from configs/demo.json to serve them)."""
     pytest.importorskip("monailabel", reason="MONAI Label environment needed (see module docstring)")
     out = tmp_path_factory.mktemp("label")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
@@ -84,6 +111,8 @@ def server(tmp_path_factory):
     # --out once broke the app build and the BraTS study paths while an absolute one passed)
     make = ["make", "--no-print-directory", "label", f"LABEL_DIR={os.path.relpath(out, ROOT)}", f"LABEL_PORT={port}"]
     make += [f"LABEL_BUNDLES={','.join(BUNDLES)}", f"PYTHON={sys.executable}", f"LABEL_VENV={Path(sys.prefix)}"]
+    if request.param == "demo_weights":
+        make.append(f"LABEL_WEIGHTS={os.path.relpath(_demo_run(tmp_path_factory.mktemp('demo')), ROOT)}")
     log = open(out / "server.log", "w")  # noqa: SIM115 - closed in teardown
     t0 = time.perf_counter()
     proc = subprocess.Popen(make, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -100,7 +129,10 @@ def server(tmp_path_factory):
                 if time.time() > deadline:
                     pytest.fail(f"server not up after {STARTUP_TIMEOUT} s:\n{(out / 'server.log').read_text()[-4000:]}")
                 time.sleep(2)
-        print(f"make label: app built and server up after {time.perf_counter() - t0:.0f} s")
+        print(f"make label ({request.param}): app built and server up after {time.perf_counter() - t0:.0f} s")
+        if request.param == "demo_weights":  # served as trained, not refused and replaced by random weights
+            report = json.loads((out / "label_app.json").read_text())
+            assert all(report[name]["weights"].startswith("trained (") for name in BUNDLES), report
         yield {"url": url, "info": info, "out": out}
     finally:
         if proc.poll() is None:
