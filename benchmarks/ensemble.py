@@ -648,9 +648,16 @@ def summary(name: str, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     results), the runs themselves under "runs"."""
     seeds = sorted(runs, key=int)
     ordered = [runs[s] for s in seeds]
-    modes = ("single", "tta", "ensemble", "ensemble_tta", "variants", "cost")
+    modes = ("single", "tta", "ensemble", "ensemble_tta", "variants")
     entry: dict[str, Any] = {"seeds": [int(s) for s in seeds]}
     entry |= {m: across_seeds([r[m] for r in ordered]) for m in modes if m in ordered[0]}
+    # timings disturbed while they ran (a run marked "cost_invalid" with the reason) leave the cost figures; the
+    # scores of that run stay (they do not depend on time)
+    timed = [s for s in seeds if not runs[s].get("cost_invalid")]
+    entry["cost"] = across_seeds([runs[s]["cost"] for s in timed]) if timed else {}
+    if len(timed) < len(seeds):
+        entry["cost_seeds"] = [int(s) for s in timed]
+        entry["cost_excluded"] = {s: runs[s]["cost_invalid"] for s in seeds if runs[s].get("cost_invalid")}
     if name == "luna16_detection":
         fusions = entry["ensemble_tta"]["fusion"]
         entry["fusion_default"] = ordered[0]["fusion_default"]

@@ -217,8 +217,11 @@ def section(bundle: str, entry: dict[str, Any]) -> str:
     plain = ""
     if "plain inference.json" in cost["multiplier"]:
         plain = f"; `inference.json`'s own inferer: {mean_sd(cost['multiplier'], 'plain inference.json', 2)}x"
+    lines.append(f"- inference cost 1 = one model without TTA, {seconds} s per {unit}{plain}")
+    if "cost_seeds" in entry:  # some seeds' timings were disturbed: the costs are the other seeds' only
+        excluded = "; ".join(f"seed {s}: {why}" for s, why in entry["cost_excluded"].items())
+        lines.append(f"- costs over seeds {', '.join(map(str, entry['cost_seeds']))} only ({excluded})")
     lines += [
-        f"- inference cost 1 = one model without TTA, {seconds} s per {unit}{plain}",
         f"- command (repository root): `{command(bundle, entry)}`",
         f"- machine: {machine(entry)}",
         f"- protocol (as recorded in the results file): {entry['protocol']}",

@@ -54,6 +54,19 @@ def test_bundle_entry_orders_seeds_numerically_and_picks_the_better_fusion_from_
     assert list(entry["runs"]) == ["2", "10"]
 
 
+def test_a_run_with_disturbed_timings_keeps_its_scores_and_leaves_the_costs() -> None:
+    """A seed whose timings were disturbed (job paused during its timed passes) is marked ``cost_invalid``: its
+    scores enter the means, its costs do not, and the entry says which seeds the costs hold."""
+    runs = {"1": _run(1, 0.5, 0.60, 0.70, 9.0), "0": _run(0, 0.7, 0.80, 0.65, 3.0)}
+    runs["0"]["cost_invalid"] = "paused for 5 min during its passes"
+    entry = summary("luna16_detection", runs)
+    assert entry["single"]["test_dice"] == pytest.approx(0.6)  # both seeds' scores
+    assert entry["cost"]["multiplier"]["tta"] == pytest.approx(9.0)  # seed 1's cost only
+    assert entry["cost_seeds"] == [1] and entry["cost_excluded"] == {"0": "paused for 5 min during its passes"}
+    clean = summary("luna16_detection", {"1": _run(1, 0.5, 0.60, 0.70, 9.0)})
+    assert "cost_seeds" not in clean and "cost_excluded" not in clean
+
+
 class _AfterTraining(Exception):
     pass
 
