@@ -17,7 +17,6 @@ folds, so the differences are paired).
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import statistics
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.speed.harness import markdown_table
-from benchmarks.speed.report import block_of, readme, replace_block
+from benchmarks.speed.report import block_difference, readme, replace_block
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ensemble.json"
@@ -246,15 +245,9 @@ def stale(results: dict[str, Any], docs: dict[str, str] | None = None) -> dict[s
     wrong = {}
     for bundle, entry in bundles(results):
         doc = docs[bundle] if docs and bundle in docs else readme(bundle).read_text()
-        old = block_of(doc, BEGIN, END)
-        if old is None:
-            wrong[bundle] = f"bundles/{bundle}/docs/README.md: no {BEGIN} ... {END} block (add the markers)"
-        elif updated(bundle, entry, doc) != doc:
-            new = section(bundle, entry).splitlines()
-            diff = difflib.unified_diff(
-                old.splitlines(), new, f"bundles/{bundle}/docs/README.md", "results", lineterm=""
-            )
-            wrong[bundle] = "\n".join(diff)
+        problem = block_difference(doc, section(bundle, entry), f"bundles/{bundle}/docs/README.md", BEGIN, END)
+        if problem:
+            wrong[bundle] = problem
     return wrong
 
 
