@@ -53,7 +53,7 @@ from typing import Any
 from benchmarks import quality_report, scoring
 from benchmarks.speed.harness import machine_info
 from common.files import atomic_write_text, write_json_atomic
-from tools.demo import commands, discover, load_spec, read_metric, run_bundle, run_step, set_arg
+from tools.demo import bundle_metrics, commands, discover, run_bundle, run_step, set_arg
 from tools.weights.sources import SOURCES, Source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +64,8 @@ REAL_DIR_OPTIONS = {
     "cxr14_classification": "cxr14_dir",
     "luna16_detection": "luna16_dir",
 }
+# the publisher's file of each bundle for --weights published
+WEIGHTS_OPTIONS = {b: o.replace("_dir", "_weights") for b, o in REAL_DIR_OPTIONS.items()}
 CXR14_LABELS = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
     "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
@@ -271,8 +273,7 @@ def run_published(
     ok, result["seconds"]["evaluate"] = run_step(bundle, set_arg(cmd, "--ckpt_path", str(ckpt)), env)
     if not ok:
         return {**result, "failed_step": "evaluate"}
-    metrics = {name: read_metric(work, path) for name, path in load_spec(bundle)["metrics"].items()}
-    result.update(ok=True, metrics={k: round(v, 4) for k, v in metrics.items() if v is not None})
+    result.update(ok=True, metrics=bundle_metrics(bundle, work))
     write_json_atomic(result, work / "results.json", indent=2)
     return result
 
@@ -296,9 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         default="trained",
         help="real data: train the default recipe, or score the publishers' weights (--<bundle>_weights)",
     )
-    for bundle, option in REAL_DIR_OPTIONS.items():
-        name = option.replace("_dir", "_weights")
-        parser.add_argument(f"--{name}", default="", help=f"{weights_source(bundle).name}: the publisher's file")
+    for bundle, option in WEIGHTS_OPTIONS.items():
+        parser.add_argument(f"--{option}", default="", help=f"{weights_source(bundle).name}: the publisher's file")
     parser.add_argument("--xrv_variant", default=None, help="torchxrayvision variant when the file name lacks it")
     parser.add_argument(
         "--unsafe_unpickle",
@@ -309,11 +309,11 @@ def main(argv: list[str] | None = None) -> int:
 
     expected = json.loads(args.expected.read_text())
     real = {b: getattr(args, o) for b, o in REAL_DIR_OPTIONS.items() if getattr(args, o)}
-    published_files = {b: getattr(args, o.replace("_dir", "_weights")) for b, o in REAL_DIR_OPTIONS.items()}
+    published_files = {b: getattr(args, o) for b, o in WEIGHTS_OPTIONS.items()}
     if args.weights == "published":
         if not real:
             parser.error("--weights published scores real data: give --brats_dir, --luna16_dir or --cxr14_dir")
-        missing = [f"--{REAL_DIR_OPTIONS[b].replace('_dir', '_weights')}" for b in real if not published_files[b]]
+        missing = [f"--{WEIGHTS_OPTIONS[b]}" for b in real if not published_files[b]]
         if missing:
             parser.error(f"--weights published needs the publisher's file: {', '.join(missing)}")
     names = args.bundles or (sorted(real) if real else sorted(expected["bundles"]))
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if real:
         report = real_table(info["results"], json.loads(PUBLISHED.read_text()))
-        title = "Real data: our numbers beside the published ones (REFERENCE.md section 3)"
+        title = "Real data: our numbers beside the published ones (benchmarks/published.json)"
         if args.weights == "published":
             title = "Real data, published weights imported (nothing trained), scored with this collection's metrics"
         bad = [b for b, r in info["results"].items() if not r["ok"]]

@@ -144,6 +144,13 @@ def read_metric(work: Path, path: list[str]) -> float | None:
         return None
 
 
+def bundle_metrics(bundle: Path, work: Path) -> dict[str, float]:
+    """The figures ``configs/demo_spec.json`` lists, read from the run's files in ``work`` (4 decimals; those not
+    there are left out)."""
+    values = {name: read_metric(work, path) for name, path in load_spec(bundle)["metrics"].items()}
+    return {k: round(v, 4) for k, v in values.items() if v is not None}
+
+
 def run_bundle(
     bundle: Path,
     work: Path,
@@ -168,10 +175,9 @@ def run_bundle(
         if not ok:
             print(f"=== {bundle.name}: step '{step}' failed ===", flush=True)
             return {**result, "failed_step": step, "seconds": seconds}
-    metrics = {name: read_metric(work, path) for name, path in spec["metrics"].items()}
     result.update(
         ok=True,
-        metrics={k: round(v, 4) for k, v in metrics.items() if v is not None},
+        metrics=bundle_metrics(bundle, work),
         seconds=seconds,
         data=str(dataset) if dataset else spec["data"],
         configs="default recipe" if reference else "demo overrides (configs/demo*.json)",
