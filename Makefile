@@ -11,6 +11,7 @@ LABEL_PORT ?= 8123
 LABEL_BUNDLES ?= all
 LABEL_DIR ?= work_dirs/label
 LABEL_WEIGHTS ?=
+LABEL_ENSEMBLE ?=
 
 .PHONY: help venv test demo lint format clean-demo label label-test benchmark-speed
 
@@ -63,7 +64,7 @@ $(LABEL_STAMP): requirements-label.txt pyproject.toml
 
 label: $(LABEL_STAMP)
 	$(LABEL_VENV)/bin/python tools/label_app.py --out $(LABEL_DIR) --bundles $(LABEL_BUNDLES) \
-		$(if $(LABEL_WEIGHTS),--weights_from $(LABEL_WEIGHTS))
+		$(if $(LABEL_WEIGHTS),--weights_from $(LABEL_WEIGHTS)) $(if $(LABEL_ENSEMBLE),--ensemble)
 	$(LABEL_VENV)/bin/python -m monailabel.main start_server --app $(LABEL_DIR)/app \
 		--studies $(LABEL_DIR)/studies --conf models "$$(cat $(LABEL_DIR)/models.txt)" \
 		--conf zoo_source github --conf sam2 false --conf use_pretrained_model false \

@@ -106,3 +106,64 @@ def test_demo_weights_are_served_with_the_demo_network(bundle_name: str, tmp_pat
     assert status == f"trained ({demo_run / 'model.pt'})"
     served = load_checkpoint(tmp_path / "served.pt")["model"]
     assert all(torch.equal(served[k], state[k]) for k in state)
+
+
+def test_fold_ensemble_is_served_where_monai_label_calls_the_inferer(tmp_path: Path) -> None:
+    """``make label LABEL_ENSEMBLE=1``: MONAI Label parses ``inferer`` from the app's ``inference.json`` and calls
+    ``inferer(image, network_of_model_pt)``; what it gets must be the fold ensemble with mirroring TTA: the mean over
+    both folds and the 8 flips of each pass's sigmoid, each pass run by the bundle's own sliding-window inferer."""
+    from conftest import activate_bundle
+
+    src = ROOT / "bundles" / BUNDLE
+    demo_models = tmp_path / "demo" / BUNDLE / "models"
+    activate_bundle(src)
+    parser = ConfigParser()
+    parser.read_config([str(src / "configs" / "inference.json"), str(src / "configs" / "demo.json")])
+    fp32_small = {"use_amp": False, "val_roi_size": [32, 24, 16]}  # exact float32 arithmetic, one window
+    parser.update(fp32_small)
+    parser.get_parsed_content("imports")
+    nets = []
+    for k in (0, 1):
+        torch.manual_seed(k + 1)
+        nets.append(parser.get_parsed_content("network_def", instantiate=True, lazy=False).eval())
+        (demo_models / f"fold{k}").mkdir(parents=True)
+        torch.save({"model": nets[-1].state_dict()}, demo_models / f"fold{k}" / "model.pt")
+    plain_inferer = parser.get_parsed_content("inferer")
+
+    copy = tmp_path / "app" / BUNDLE
+    shutil.copytree(src, copy, ignore=label_app.IGNORE)
+    shutil.copytree(ROOT / "common", copy / "common", ignore=label_app.IGNORE)
+    label_app.merge_demo(copy)
+    served = label_app.serve_ensemble(copy, demo_models)
+    assert served["folds"] == ["models/fold0/model.pt", "models/fold1/model.pt"] and served["served_as"] == "inferer"
+    app = ConfigParser()  # as MONAI Label's BundleInferTask reads it: the file alone, bundle_root set
+    app.read_config(str(copy / "configs" / "inference.json"))
+    app.config.update({"bundle_root": str(copy)})
+    app.update(fp32_small)
+    app.get_parsed_content("imports")
+    inferer = app.get_parsed_content("inferer")
+
+    torch.manual_seed(0)
+    image = torch.randn(1, 4, 32, 24, 16)
+    with torch.no_grad():
+        got = torch.sigmoid(inferer(image, torch.nn.Identity()).float())  # the network MONAI Label passes is unused
+        passes = []
+        for net in nets:
+            for n in range(4):
+                for axes in __import__("itertools").combinations((2, 3, 4), n):
+                    x = torch.flip(image, axes) if axes else image
+                    out = torch.sigmoid(plain_inferer(x, net).float())
+                    passes.append(torch.flip(out, axes) if axes else out)
+    assert len(passes) == 16
+    expected = torch.stack(passes).mean(0)
+    single = torch.stack(passes[:8]).mean(0)
+    assert (expected - single).abs().max() > 1e-3  # the second fold changes the result: it is really used
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
+
+
+def test_ensemble_without_fold_checkpoints_names_the_folder(tmp_path: Path) -> None:
+    copy = tmp_path / "app" / BUNDLE
+    shutil.copytree(ROOT / "bundles" / BUNDLE, copy, ignore=label_app.IGNORE)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=f"no fold\\*/model.pt under {tmp_path / 'empty'}.*--fold k"):
+        label_app.serve_ensemble(copy, tmp_path / "empty")

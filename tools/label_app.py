@@ -16,6 +16,9 @@ Layout written under ``--out``:
   weights are ``DIR/<bundle>/models/model.pt`` of a demo run, and the app's copy of the bundle gets the demo's
   network and recipe: ``configs/demo.json`` merged into its ``inference.json`` and ``train.json`` (MONAI Label reads
   each of them alone), so the demo's weights are served and ``/train/`` fine-tunes the demo's network.
+  With ``--ensemble`` (``make label LABEL_ENSEMBLE=1``) the app serves each bundle's fold ensemble with its
+  test-time augmentation, as ``configs/inference_ensemble.json`` runs it (``serve_ensemble``): the fold checkpoints
+  ``models/fold{k}/model.pt`` (of the bundle, or of ``--weights_from``) are copied into the app's bundle.
 - ``studies/``: one synthetic case per bundle, written by the bundle's own ``scripts.synthetic`` CLI and stored
   under a file name MONAI Label's datastore lists (``<bundle>_case.nii.gz`` / ``.png``); BraTS gets two
   4-channel studies with their segmentations in ``studies/labels/final/`` so that ``/train/`` can run.
@@ -29,6 +32,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -182,6 +186,59 @@ def merge_demo(bundle_copy: Path) -> list[str]:
     return merged
 
 
+def _rename_reference(config: dict, old: str, new: str) -> dict:
+    """``config`` with every ``@old`` reference (also ``@old#key`` and inside ``$`` expressions) pointing at ``new``."""
+    text = re.sub(rf"@{re.escape(old)}(?![\w])", f"@{new}", json.dumps(config))
+    return json.loads(text)
+
+
+def serve_ensemble(bundle_copy: Path, models_src: Path) -> dict:
+    """Make the app's copy of a bundle serve its fold ensemble with test-time augmentation.
+
+    MONAI Label builds ``inferer`` (segmentation, classification) or ``detector`` (detection) from ``inference.json``
+    and calls it with the single network of ``models/model.pt``. Here the keys ``configs/inference_ensemble.json``
+    adds (checkpoints, networks, flips, fusion, ``ensemble_inferer``) are merged into the copy's ``inference.json``,
+    the original ``inferer``/``detector`` is renamed ``member_<key>`` (every reference follows) and ``<key>`` becomes
+    ``@ensemble_inferer``, which loads every ``models/fold{k}/model.pt`` of the copy and ignores the network MONAI
+    Label passes. ``models/model.pt`` is fold 0 (MONAI Label needs one to list the model). The ensemble returns the
+    logit of its mean probability (``output: logit``) so that ``inference.json``'s own postprocessing (the sigmoid
+    and thresholds) stays unchanged, as in the ensemble configs of BraTS. ``/train/`` fine-tunes ``model.pt`` alone;
+    the folds keep serving.
+    """
+    from common.ensemble import fold_checkpoints
+
+    folds = fold_checkpoints(models_src)
+    if not folds:
+        raise SystemExit(
+            f"--ensemble: no fold*/model.pt under {models_src}; train folds first (--fold k, see the bundle's docs "
+            "'Folds and ensembles'), or leave out --ensemble / LABEL_ENSEMBLE to serve models/model.pt"
+        )
+    copied = []
+    for k, ckpt in folds.items():
+        dst = bundle_copy / "models" / f"fold{k}" / "model.pt"
+        status = weights(bundle_copy, dst, Path(ckpt))
+        if not status.startswith("trained ("):
+            raise SystemExit(f"--ensemble: {ckpt} does not fit {bundle_copy.name}'s inference network: {status}")
+        copied.append(str(dst.relative_to(bundle_copy)))
+    shutil.copy(bundle_copy / copied[0], bundle_copy / "models" / "model.pt")
+
+    configs = bundle_copy / "configs"
+    cfg = json.loads((configs / "inference.json").read_text())
+    ensemble = json.loads((configs / "inference_ensemble.json").read_text())
+    key = "detector" if "detector" in cfg else "inferer"
+    member = f"member_{key}"
+    cfg = _rename_reference(cfg, key, member)
+    cfg[member] = cfg.pop(key)
+    # only what the ensemble config adds: inference.json keeps its own pre/postprocessing, outputs and run
+    added = _rename_reference({k: v for k, v in ensemble.items() if k not in cfg and "#" not in k}, key, member)
+    if "output" in added["ensemble_inferer"]:
+        added["ensemble_inferer"]["output"] = "logit"
+    cfg.update(added)
+    cfg[key] = "@ensemble_inferer"
+    (configs / "inference.json").write_text(json.dumps(cfg, indent=4) + "\n")
+    return {"folds": copied, "served_as": key, "tta": cfg.get("tta"), "flips": cfg.get("tta_flips")}
+
+
 def _override(bundle_copy: Path, overrides: dict[str, dict]) -> None:
     for config, values in overrides.items():
         cfg = bundle_copy / "configs" / config
@@ -214,7 +271,9 @@ def _name_brats_label_values(bundle_copy: Path) -> dict[str, str]:
     return channel_def
 
 
-def build(out: Path, names: list[str], sample_app: Path, weights_from: Path | None = None) -> dict:
+def build(
+    out: Path, names: list[str], sample_app: Path, weights_from: Path | None = None, ensemble: bool = False
+) -> dict:
     app = out / "app"
     if app.exists():
         shutil.rmtree(app)
@@ -236,7 +295,12 @@ def build(out: Path, names: list[str], sample_app: Path, weights_from: Path | No
         if name == "brats_segmentation":
             _name_brats_label_values(dst)
         own = weights_from / name / "models" / "model.pt" if weights_from else None
-        w = weights(dst, dst / "models" / "model.pt", own)
+        if ensemble:
+            served = serve_ensemble(dst, (weights_from / name if weights_from else src) / "models")
+            w = f"trained fold ensemble ({', '.join(served['folds'])})"
+        else:
+            served = {}
+            w = weights(dst, dst / "models" / "model.pt", own)
         case = synthetic_case(src, studies)
         report[name] = {
             "bundle": str(dst),
@@ -247,6 +311,7 @@ def build(out: Path, names: list[str], sample_app: Path, weights_from: Path | No
                 for cfg in sorted({*APP_TRAIN_OVERRIDES, *LABEL_OVERRIDES.get(name, {})})
             },
             "demo_merged_into": demo,
+            "ensemble": served,
         }
     (out / "label_app.json").write_text(json.dumps(report, indent=2))
     (out / "models.txt").write_text(",".join(names) + "\n")  # for `--conf models` (make label)
@@ -259,6 +324,7 @@ def main() -> None:
     p.add_argument("--bundles", default="luna16_detection", help="comma-separated bundle names ('all': every bundle)")
     p.add_argument("--sample_app", default="")
     p.add_argument("--weights_from", default="", help="a demo run's folder: serve its <bundle>/models/model.pt")
+    p.add_argument("--ensemble", action="store_true", help="serve the fold ensemble (models/fold*/model.pt) with TTA")
     a = p.parse_args()
     names = [n for n in a.bundles.split(",") if n]
     if names == ["all"]:
@@ -266,7 +332,7 @@ def main() -> None:
     sample = Path(a.sample_app).resolve() if a.sample_app else default_sample_app()
     # absolute before anything runs: helpers run with the bundle folder as working directory
     weights_from = Path(a.weights_from).resolve() if a.weights_from else None
-    report = build(Path(a.out).resolve(), names, sample, weights_from)
+    report = build(Path(a.out).resolve(), names, sample, weights_from, a.ensemble)
     print(json.dumps(report, indent=2))
 
 

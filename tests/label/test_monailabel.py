@@ -83,26 +83,31 @@ sys.path[:0] = ['.', sys.argv[2]]
 p = ConfigParser()
 p.read_config(['configs/inference.json', 'configs/demo.json'])
 p.get_parsed_content('imports')
-torch.manual_seed(0)
+torch.manual_seed(int(sys.argv[4]))
 net = p.get_parsed_content('network_def', instantiate=True)
 torch.save({'model': net.state_dict(), 'info': {'bundle': sys.argv[3]}}, sys.argv[1])
 """
 
 
-def _demo_run(folder: Path) -> Path:
-    """A folder laid out as `make demo` leaves work_dirs/demo, with seeded demo-network weights per bundle."""
+def _demo_run(folder: Path, folds: int = 0) -> Path:
+    """A folder laid out as `make demo` leaves work_dirs/demo, with seeded demo-network weights per bundle; with
+    ``folds``, also ``models/fold{k}/model.pt`` as `--fold k` trainings leave them, fold k seeded with k: fold 0 is
+    ``model.pt`` again, whose LUNA16 scores clear the detector's 0.02 threshold on the study (seeds 1 and 2 score at
+    most 0.019 there, so an ensemble of them rightly returns no box)."""
     for name in BUNDLES:
-        target = folder / name / "models" / "model.pt"
-        target.parent.mkdir(parents=True)
-        cmd = [sys.executable, "-c", _DEMO_WEIGHTS, str(target), str(ROOT), name]
-        subprocess.run(cmd, cwd=ROOT / "bundles" / name, check=True, capture_output=True)
+        for sub, seed in [("", 0)] + [(f"fold{k}", k) for k in range(folds)]:
+            target = folder / name / "models" / sub / "model.pt"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-c", _DEMO_WEIGHTS, str(target), str(ROOT), name, str(seed)]
+            subprocess.run(cmd, cwd=ROOT / "bundles" / name, check=True, capture_output=True)
     return folder
 
 
-@pytest.fixture(scope="module", params=["bundle_weights", "demo_weights"])
+@pytest.fixture(scope="module", params=["bundle_weights", "demo_weights", "demo_ensemble"])
 def server(request, tmp_path_factory):
     """`make label` as the README gives it: the bundles' own weights, then `LABEL_WEIGHTS=<a demo run>` (the demo's
-    smaller networks, which the app must build from configs/demo.json to serve them)."""
+    smaller networks, which the app must build from configs/demo.json to serve them), then that with two fold
+    checkpoints and `LABEL_ENSEMBLE=1` (the fold ensemble with TTA of configs/inference_ensemble.json)."""
     pytest.importorskip("monailabel", reason="MONAI Label environment needed (see module docstring)")
     out = tmp_path_factory.mktemp("label")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
@@ -111,8 +116,12 @@ def server(request, tmp_path_factory):
     # --out once broke the app build and the BraTS study paths while an absolute one passed)
     make = ["make", "--no-print-directory", "label", f"LABEL_DIR={os.path.relpath(out, ROOT)}", f"LABEL_PORT={port}"]
     make += [f"LABEL_BUNDLES={','.join(BUNDLES)}", f"PYTHON={sys.executable}", f"LABEL_VENV={Path(sys.prefix)}"]
-    if request.param == "demo_weights":
-        make.append(f"LABEL_WEIGHTS={os.path.relpath(_demo_run(tmp_path_factory.mktemp('demo')), ROOT)}")
+    demo = None
+    if request.param in ("demo_weights", "demo_ensemble"):
+        demo = _demo_run(tmp_path_factory.mktemp("demo"), folds=2 if request.param == "demo_ensemble" else 0)
+        make.append(f"LABEL_WEIGHTS={os.path.relpath(demo, ROOT)}")
+    if request.param == "demo_ensemble":
+        make.append("LABEL_ENSEMBLE=1")
     log = open(out / "server.log", "w")  # noqa: SIM115 - closed in teardown
     t0 = time.perf_counter()
     proc = subprocess.Popen(make, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -130,10 +139,13 @@ def server(request, tmp_path_factory):
                     pytest.fail(f"server not up after {STARTUP_TIMEOUT} s:\n{(out / 'server.log').read_text()[-4000:]}")
                 time.sleep(2)
         print(f"make label ({request.param}): app built and server up after {time.perf_counter() - t0:.0f} s")
+        report = json.loads((out / "label_app.json").read_text())
         if request.param == "demo_weights":  # served as trained, not refused and replaced by random weights
-            report = json.loads((out / "label_app.json").read_text())
             assert all(report[name]["weights"].startswith("trained (") for name in BUNDLES), report
-        yield {"url": url, "info": info, "out": out}
+        if request.param == "demo_ensemble":
+            for name in BUNDLES:
+                assert report[name]["ensemble"]["folds"] == ["models/fold0/model.pt", "models/fold1/model.pt"], report
+        yield {"url": url, "info": info, "out": out, "mode": request.param, "demo": demo}
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -220,6 +232,45 @@ def test_infer_cxr_returns_fourteen_scores(server) -> None:
     names = list(labels["network_data_format"]["outputs"]["pred"]["channel_def"].values())
     assert [p["label"].lower() for p in pred] == [n.lower() for n in names]
     assert all(0.0 <= p["score"] <= 1.0 for p in pred), pred
+    if server["mode"] == "demo_ensemble":
+        _assert_scores_are_the_fold_mean(server, [p["score"] for p in pred])
+
+
+# Each checkpoint's 14 probabilities for the CXR study through the bundle's single-model path: inference.json +
+# demo.json's preprocessing, network and inferer, then the sigmoid of its postprocessing. Prints one JSON list per
+# checkpoint.
+_SINGLE_SCORES = """
+import json, sys, torch
+from monai.bundle import ConfigParser
+sys.path[:0] = ['.', sys.argv[1]]
+from common.checkpoint import load_weights
+p = ConfigParser()
+p.read_config(['configs/inference.json', 'configs/demo.json'])
+p.get_parsed_content('imports')
+pre = p.get_parsed_content('preprocessing')
+image = pre({'image': sys.argv[2]})['image'][None]
+net = p.get_parsed_content('network_def', instantiate=True)
+inferer = p.get_parsed_content('inferer')
+for ckpt in sys.argv[3:]:
+    load_weights(net, ckpt)
+    with torch.no_grad():
+        print(json.dumps(torch.sigmoid(inferer(image, net.eval()).float())[0].tolist()))
+"""
+
+
+def _assert_scores_are_the_fold_mean(server, served: list[float]) -> None:
+    """The served CXR scores are the mean of the two folds' probabilities (the ensemble config's TTA is off for
+    CXR14), each fold run alone through the bundle's plain inference path, and differ from either fold alone."""
+    import numpy as np
+
+    folds = [server["demo"] / CXR / "models" / f"fold{k}" / "model.pt" for k in (0, 1)]
+    study = server["out"] / "studies" / f"{CXR}_case.png"
+    cmd = [sys.executable, "-c", _SINGLE_SCORES, str(ROOT), str(study), *map(str, folds)]
+    proc = subprocess.run(cmd, cwd=ROOT / "bundles" / CXR, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = np.array([json.loads(line) for line in proc.stdout.strip().splitlines()[-2:]])
+    assert np.abs(single[0] - single[1]).max() > 1e-3, "the two folds must differ for the mean to be tested"
+    np.testing.assert_allclose(served, single.mean(0), atol=1e-5)
 
 
 def test_train_brats_for_one_epoch(server) -> None:
