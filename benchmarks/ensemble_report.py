@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
 from benchmarks.speed.harness import markdown_table
-from benchmarks.speed.report import block_difference, readme, replace_block
+from benchmarks.speed.report import blocks_cli, replace_block, stale_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ensemble.json"
@@ -242,13 +241,7 @@ def updated(bundle: str, entry: dict[str, Any], doc: str) -> str:
 def stale(results: dict[str, Any], docs: dict[str, str] | None = None) -> dict[str, str]:
     """Bundle -> what is wrong, for every bundle of ``results`` whose README (``docs[bundle]``, else the file) lacks
     the block or holds another one than the results give (a unified diff, README block vs rendered)."""
-    wrong = {}
-    for bundle, entry in bundles(results):
-        doc = docs[bundle] if docs and bundle in docs else readme(bundle).read_text()
-        problem = block_difference(doc, section(bundle, entry), f"bundles/{bundle}/docs/README.md", BEGIN, END)
-        if problem:
-            wrong[bundle] = problem
-    return wrong
+    return stale_blocks({bundle: section(bundle, entry) for bundle, entry in bundles(results)}, BEGIN, END, docs)
 
 
 def main() -> None:
@@ -259,26 +252,9 @@ def main() -> None:
     mode.add_argument("--check", action="store_true", help="exit 1 when a README's block differs from the results")
     a = p.parse_args()
     results = json.loads(Path(a.results).read_text())
-    if a.check:
-        wrong = stale(results)
-        for text in wrong.values():
-            print(text)
-        if wrong:
-            sys.exit(
-                f"{', '.join(wrong)}: the docs differ from {a.results}; python -m benchmarks.ensemble_report --write"
-            )
-        print(f"docs agree with {a.results}")
-    elif a.write:
-        for bundle, entry in bundles(results):
-            path = readme(bundle)
-            doc = path.read_text()
-            new = updated(bundle, entry, doc)
-            if new != doc:
-                path.write_text(new)
-                print(f"updated {path.relative_to(ROOT)}")
-    else:
-        for bundle, entry in bundles(results):
-            print(section(bundle, entry), "\n")
+    blocks = {bundle: section(bundle, entry) for bundle, entry in bundles(results)}
+    mode_name = "check" if a.check else "write" if a.write else "print"
+    blocks_cli(blocks, BEGIN, END, mode_name, a.results, "benchmarks.ensemble_report")
 
 
 if __name__ == "__main__":

@@ -23,13 +23,12 @@ import csv
 import json
 import math
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from benchmarks.speed.harness import markdown_table
-from benchmarks.speed.report import block_difference, readme, replace_block
+from benchmarks.speed.report import blocks_cli, replace_block, stale_blocks
 from common.files import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -328,14 +327,12 @@ def updated(bundle: str, entry: dict[str, Any], expected: dict[str, Any], doc: s
 def stale(results: dict[str, Any], expected: dict[str, Any], docs: dict[str, str] | None = None) -> dict[str, str]:
     """Bundle -> what is wrong, for every bundle of ``results`` whose README (``docs[bundle]``, else the file) lacks
     the block or holds another one than the results give (a unified diff, README block vs rendered)."""
-    wrong = {}
-    for bundle, entry in results["bundles"].items():
-        doc = docs[bundle] if docs and bundle in docs else readme(bundle).read_text()
-        text = section(bundle, entry, expected["bundles"][bundle])
-        problem = block_difference(doc, text, f"bundles/{bundle}/docs/README.md", BEGIN, END)
-        if problem:
-            wrong[bundle] = problem
-    return wrong
+    return stale_blocks(blocks(results, expected), BEGIN, END, docs)
+
+
+def blocks(results: dict[str, Any], expected: dict[str, Any]) -> dict[str, str]:
+    """Bundle -> its rendered block."""
+    return {b: section(b, entry, expected["bundles"][b]) for b, entry in results["bundles"].items()}
 
 
 def main() -> None:
@@ -347,26 +344,8 @@ def main() -> None:
     mode.add_argument("--check", action="store_true", help="exit 1 when a README's block differs from the results")
     a = p.parse_args()
     results, expected = json.loads(Path(a.results).read_text()), json.loads(Path(a.expected).read_text())
-    if a.check:
-        wrong = stale(results, expected)
-        for text in wrong.values():
-            print(text)
-        if wrong:
-            sys.exit(
-                f"{', '.join(wrong)}: the docs differ from {a.results}; python -m benchmarks.quality_report --write"
-            )
-        print(f"docs agree with {a.results}")
-    elif a.write:
-        for bundle, entry in results["bundles"].items():
-            path = readme(bundle)
-            doc = path.read_text()
-            new = updated(bundle, entry, expected, doc)
-            if new != doc:
-                path.write_text(new)
-                print(f"updated {path.relative_to(ROOT)}")
-    else:
-        for bundle, entry in results["bundles"].items():
-            print(section(bundle, entry, expected["bundles"][bundle]), "\n")
+    mode_name = "check" if a.check else "write" if a.write else "print"
+    blocks_cli(blocks(results, expected), BEGIN, END, mode_name, a.results, "benchmarks.quality_report")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 are what ``benchmarks/ensemble_report.py`` renders from ``benchmarks/results/ensemble.json``, the speed blocks
 show the numbers of ``benchmarks/results/speed_*.json`` as ``benchmarks/speed/report.py`` renders them, and the
 demo (quality benchmark) blocks are what ``benchmarks/quality_report.py`` renders from
-``benchmarks/results/quality.json`` and ``benchmarks/expected.json``."""
+``benchmarks/results/quality.json`` and ``benchmarks/expected.json``, the network comparisons what
+``benchmarks/networks_report.py`` renders from ``benchmarks/results/networks.json``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import ensemble_report, quality_report
+from benchmarks import ensemble_report, networks_report, quality_report
 from benchmarks.speed import report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,27 @@ def test_check_command_exits_1_on_a_changed_result(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "cxr14_classification" in bad.stderr, bad.stdout + bad.stderr
     good = subprocess.run([*cmd, str(ensemble_report.RESULTS)], cwd=ROOT, capture_output=True, text=True)
     assert good.returncode == 0, good.stdout + good.stderr
+
+
+def test_network_blocks_agree_with_the_results() -> None:
+    results = json.loads(networks_report.RESULTS.read_text())
+    assert {b for b, _ in networks_report.bundles(results)} >= {"brats_segmentation"}
+    wrong = networks_report.stale(results)
+    assert not wrong, "\n".join(wrong.values()) + "\nrun: python -m benchmarks.networks_report --write"
+
+
+def test_network_block_computes_the_paired_differences() -> None:
+    """The per-seed line is alternative minus default of the headline metric, seed by seed, with the sample sd:
+    checked on a hand-made entry against hand-computed values; and a changed figure makes the docs stale."""
+    seeds = [{"test_dice": 0.30}, {"test_dice": 0.40}, {"test_dice": 0.20}]
+    alt = [{"test_dice": 0.10}, {"test_dice": 0.45}, {"test_dice": 0.10}]
+    entry = {"seeds": [0, 1, 2], "default": {"per_seed": seeds}, "alternative": {"per_seed": alt}}
+    line = networks_report.paired("brats_segmentation", "dynunet", entry)
+    # differences -0.20, +0.05, -0.10: mean -0.0833, sd sqrt(((−0.1167)² + 0.1333² + (−0.0167)²) / 2) = 0.1258
+    assert "seed 0 -0.200, seed 1 +0.050, seed 2 -0.100; mean -0.083 ± 0.126 (higher in 1 of 3 seeds)" in line
+    results = json.loads(networks_report.RESULTS.read_text())
+    results["brats_segmentation"]["dynunet"]["alternative"]["test_dice_ET"] += 0.01
+    assert list(networks_report.stale(results)) == ["brats_segmentation"]
 
 
 @pytest.mark.parametrize("short", sorted(report.BUNDLES))

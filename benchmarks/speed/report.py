@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,42 @@ def block_difference(doc: str, text: str, name: str, begin: str = BEGIN, end: st
     if old == text:
         return None
     return "\n".join(difflib.unified_diff(old.splitlines(), text.splitlines(), name, "results", lineterm=""))
+
+
+def stale_blocks(blocks: dict[str, str], begin: str, end: str, docs: dict[str, str] | None = None) -> dict[str, str]:
+    """Bundle -> what is wrong, for every bundle of ``blocks`` (bundle -> rendered block) whose README
+    (``docs[bundle]``, else the file) lacks the block or holds another one (a unified diff, README vs rendered)."""
+    wrong = {}
+    for bundle, text in blocks.items():
+        doc = docs[bundle] if docs and bundle in docs else readme(bundle).read_text()
+        problem = block_difference(doc, text, f"bundles/{bundle}/docs/README.md", begin, end)
+        if problem:
+            wrong[bundle] = problem
+    return wrong
+
+
+def blocks_cli(blocks: dict[str, str], begin: str, end: str, mode: str, source: str, module: str) -> None:
+    """What a ``benchmarks.*_report`` command does with its rendered blocks: ``mode`` "check" prints the differences
+    and exits 1 when a README differs from ``source``; "write" replaces each README's block (markers must be there);
+    anything else prints the blocks."""
+    if mode == "check":
+        wrong = stale_blocks(blocks, begin, end)
+        for text in wrong.values():
+            print(text)
+        if wrong:
+            sys.exit(f"{', '.join(wrong)}: the docs differ from {source}; python -m {module} --write")
+        print(f"docs agree with {source}")
+    elif mode == "write":
+        for bundle, text in blocks.items():
+            path = readme(bundle)
+            doc = path.read_text()
+            new = replace_block(doc, text, begin, end, before=None)
+            if new != doc:
+                path.write_text(new)
+                print(f"updated {path.relative_to(ROOT)}")
+    else:
+        for text in blocks.values():
+            print(text, "\n")
 
 
 def update_readme(bundle: str, text: str) -> Path:
