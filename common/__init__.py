@@ -5,6 +5,7 @@
 - ``amp``: mixed precision and memory format chosen from the device (CUDA fp16, CPU bf16 where it is correct);
 - ``checkpoint``: the one checkpoint layout, atomic saves, ``weights_only`` loading, resume;
 - ``ensemble``, ``folds``: fold ensembles with mirroring test-time augmentation, and the seeded fold rule;
+- ``data``: training datasets that decode each item once, in memory or in a disk cache (``cache_dir``);
 - ``distributed``, ``progress``, ``tracking``, ``errors``, ``files``, ``flags``: how a run starts, reports, ends
   and writes its files (atomic, the user's umask) for every bundle alike.
 """
