@@ -22,7 +22,7 @@ help:
 	@echo "make format  ruff format and safe fixes"
 	@echo "make label   start a MONAI Label server on 127.0.0.1:$(LABEL_PORT) with the bundles (own env: .venv-label)"
 	@echo "make label-test  MONAI Label integration test (starts a server, calls /info/ and /infer/)"
-	@echo "make benchmark-speed  time each bundle against its model-zoo reference (~25 min on 2 cores)"
+	@echo "make benchmark-speed  time each bundle and its training loader against the model-zoo reference (~40 min on 2 cores)"
 	@echo "make benchmark  reproduce the committed synthetic numbers (benchmarks/expected.json); BRATS_DIR=... for real data"
 	@echo "make benchmark-planted  plant known faults and check that the benchmark catches each (after make benchmark)"
 	@echo "make pack    zip each bundle (model-zoo layout, with common/) into dist/<name>_v<version>.zip"
@@ -85,6 +85,9 @@ benchmark-speed: $(STAMP)
 	$(PY) -m benchmarks.speed.brats --out benchmarks/results/speed_brats.json
 	$(PY) -m benchmarks.speed.luna16 --out benchmarks/results/speed_luna16.json
 	$(PY) -m benchmarks.speed.cxr --out benchmarks/results/speed_cxr.json
+	$(PY) -m benchmarks.speed.loader --bundle brats --out benchmarks/results/loader_brats.json
+	$(PY) -m benchmarks.speed.loader --bundle luna16 --out benchmarks/results/loader_luna16.json
+	$(PY) -m benchmarks.speed.loader --bundle cxr --out benchmarks/results/loader_cxr.json
 
 # Quality benchmark (benchmarks/quality.py): every bundle's seeded synthetic demo in fp32, checked against
 # benchmarks/expected.json; fails on a regression. With dataset roots in the real layout it runs the bundles'

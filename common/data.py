@@ -8,10 +8,11 @@ later epoch (and every later run) reads one uncompressed tensor file per case in
 
 ``training_dataset`` picks one from the config's ``cache_dir`` / ``cache_rate``. The disk cache's file names hash
 each datalist item together with the size and modification time of every file it names (``file_stamp_hash``) and
-the deterministic transforms' parameters (``transform_hash``): a case file replaced under the same name, or
-a changed preprocessing setting, is recomputed instead of served stale. Cache files are written to a temporary name
-and renamed (MONAI), and read with ``torch.load(weights_only=True)``. The cache stores plain tensors: the
-deterministic prefix must not leave anything the random transforms need from the image metadata.
+the deterministic transforms' parameters (``transform_hash``): a case file replaced under the same name, or a
+changed preprocessing setting, is recomputed instead of served stale. Cache files are written to a temporary name
+and renamed (MONAI) and read with ``torch.load(weights_only=True)``, memory-mapped (``MappedPersistentDataset``).
+The cache stores plain tensors: the deterministic prefix must not leave anything the random transforms need from
+the image metadata.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.data.utils import pickle_hashing
 
@@ -65,6 +67,22 @@ def transform_hash(transforms: Sequence[Any]) -> bytes:
         return hashlib.md5(text.encode()).hexdigest().encode()
 
 
+class MappedPersistentDataset(PersistentDataset):
+    """``PersistentDataset`` whose cache hits are memory-mapped (``torch.load(mmap=True)``, copy-on-write): a random
+    crop then reads only the pages it covers instead of the whole preprocessed volume (a BraTS case is ~250 MB as
+    float32). Misses, writes and corrupt files are MONAI's own handling."""
+
+    def _cachecheck(self, item_transformed: Any) -> Any:
+        if self.cache_dir is not None:
+            hashfile = self.cache_dir / f"{self.hash_func(item_transformed).decode('utf-8')}{self.transform_hash}.pt"
+            if hashfile.is_file():
+                try:
+                    return torch.load(hashfile, weights_only=True, mmap=True)
+                except (RuntimeError, pickle.UnpicklingError):  # not a zip-format file, or damaged: MONAI decides
+                    pass
+        return super()._cachecheck(item_transformed)
+
+
 def training_dataset(
     data: Sequence[Any],
     transform: Callable[..., Any],
@@ -77,7 +95,7 @@ def training_dataset(
     ``cache_rate`` (0: nothing cached, every epoch decodes every case)."""
     if cache_dir:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        return PersistentDataset(
+        return MappedPersistentDataset(
             data, transform, cache_dir=cache_dir, hash_func=file_stamp_hash, hash_transform=transform_hash
         )
     return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=num_workers, progress=progress)

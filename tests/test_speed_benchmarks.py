@@ -141,6 +141,32 @@ def test_brats_speed_script_smoke(tmp_path: Path) -> None:
     assert result["training"]["ours"]["samples_per_s"] > 0
 
 
+def test_loader_script_smoke(tmp_path: Path) -> None:
+    """benchmarks.speed.loader on tiny BraTS cases: every epoch of every loader yields every item, the steady rate is
+    the item count over the median of the later epochs, the ratios are against the reference's, the disk cache was
+    filled, and the docs lines render from the file."""
+    out = tmp_path / "loader_brats.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "benchmarks.speed.loader", "--bundle", "brats", "--smoke", "--epochs", "3"]
+    cmd += ["--work_dir", str(tmp_path / "work"), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=HANG_GUARD, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    r = json.loads(out.read_text())
+    assert r["command"] == f"python -m benchmarks.speed.loader --bundle brats --smoke --epochs 3 --out {out}"
+    assert set(r["epoch_seconds"]) == {"reference", "ours", "ours+disk_cache"}
+    assert r["items_per_epoch"] == {"reference": 3, "ours": 3, "ours+disk_cache": 3}
+    for name, seconds in r["epoch_seconds"].items():
+        assert len(seconds) == 2  # --smoke: 2 epochs
+        assert r["steady_items_per_s"][name] == pytest.approx(3 / seconds[1], rel=1e-2)
+        ratio = r["steady_items_per_s"][name] / r["steady_items_per_s"]["reference"]
+        assert r["speedup_vs_reference"][name] == pytest.approx(ratio, abs=0.01)
+    assert r["disk"]["cache_bytes"] > 0 and r["disk"]["source_bytes"] > 0
+    from benchmarks.speed import report
+
+    table = report.loader_table(r)
+    assert table.splitlines()[2].startswith("| reference | 4 |")
+
+
 def test_foreground_crop_inferer_matches_the_sliding_window_inside_the_brain() -> None:
     """The BraTS crop lever the speed benchmark measures (benchmarks/speed/crop_inferer.py): output in the input's
     shape and metadata, fill value outside the non-zero box, and with no zero border identical to the plain window."""

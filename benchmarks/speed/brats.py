@@ -159,18 +159,10 @@ def crop_lever_overrides() -> dict[str, Any]:
     }
 
 
-def reference_trainer(network: Any, items: list[dict], roi: list[int]) -> Any:
-    """One epoch over ``items`` (the iteration count: a full epoch lets the DataLoader workers exit cleanly)."""
+def reference_train_transforms(roi: list[int]) -> Any:
+    """The model zoo's training transforms: load, BraTS classes to channels, normalise, crop, flips, intensity."""
     import numpy as np
-    import torch
-    from monai.data import DataLoader, Dataset
-    from monai.engines import SupervisedTrainer
-    from monai.handlers import MeanDice, from_engine
-    from monai.inferers import SimpleInferer
-    from monai.losses import DiceLoss
     from monai.transforms import (
-        Activationsd,
-        AsDiscreted,
         CastToTyped,
         Compose,
         ConvertToMultiChannelBasedOnBratsClassesd,
@@ -184,7 +176,7 @@ def reference_trainer(network: Any, items: list[dict], roi: list[int]) -> Any:
     )
 
     keys = ["image", "label"]
-    pre = Compose(
+    return Compose(
         [
             LoadImaged(keys, image_only=True),
             EnsureChannelFirstd(keys),
@@ -199,6 +191,19 @@ def reference_trainer(network: Any, items: list[dict], roi: list[int]) -> Any:
             RandShiftIntensityd("image", offsets=0.1, prob=1.0),
         ]
     )
+
+
+def reference_trainer(network: Any, items: list[dict], roi: list[int]) -> Any:
+    """One epoch over ``items`` (the iteration count: a full epoch lets the DataLoader workers exit cleanly)."""
+    import torch
+    from monai.data import DataLoader, Dataset
+    from monai.engines import SupervisedTrainer
+    from monai.handlers import MeanDice, from_engine
+    from monai.inferers import SimpleInferer
+    from monai.losses import DiceLoss
+    from monai.transforms import Activationsd, AsDiscreted, Compose
+
+    pre = reference_train_transforms(roi)
     data = [{"image": i["image"], "label": i["label"]} for i in items]
     loader = DataLoader(Dataset(data, pre), batch_size=1, shuffle=True, num_workers=4)  # model zoo: 4 workers
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4, weight_decay=1e-5)

@@ -132,8 +132,53 @@ def section(short: str, notes: str = "") -> str:
     ]
     if notes:
         lines += [notes.strip(), ""]
+    if (RESULTS / f"loader_{short}.json").is_file():
+        lines += [*loader_lines(short), ""]
     lines.append(END)
     return "\n".join(lines)
+
+
+def loader_lines(short: str) -> list[str]:
+    """The training data pipeline alone (``benchmarks/results/loader_<short>.json``, ``benchmarks.speed.loader``)."""
+    r = json.loads((RESULTS / f"loader_{short}.json").read_text())
+    disk = r["disk"]
+    best = max(r["steady_items_per_s"], key=r["steady_items_per_s"].get)
+    return [
+        "### Training data pipeline alone",
+        "",
+        "Decode + transforms, no network: each loader iterated for whole epochs over the same files, variants "
+        "interleaved epoch by epoch; steady = median items/s over epochs 2.. (an item: "
+        + {"brats": "one case's crop", "luna16": "one scan's patches", "cxr": "one image"}[short]
+        + "). A GPU whose training step takes items faster than a loader's steady rate waits for that loader.",
+        "",
+        f"- command (repository root): `{r['command']}` (also `make benchmark-speed`)",
+        f"- machine: {machine_line(r['machine'])}",
+        f"- sizes: {json.dumps(r['sizes'])}; DataLoader workers: {json.dumps(r['workers'])}",
+        f"- raw results: `benchmarks/results/loader_{short}.json`",
+        *([f"- note: {r['note']}"] if r.get("note") else []),
+        "",
+        loader_table(r),
+        "",
+        f"- disk cache (`--cache_dir`): {disk['cache_bytes'] / 1e6:.0f} MB for {disk['source_bytes'] / 1e6:.0f} MB "
+        f"of source files ({disk['cache_bytes'] / max(disk['source_bytes'], 1):.1f}x); fastest steady loader here: "
+        f"{best}, {r['steady_items_per_s'][best]:.3g} items/s",
+    ]
+
+
+def loader_table(r: dict[str, Any]) -> str:
+    """The loader benchmark's table: workers, first-epoch and steady items/s (3 significant digits), steady ratio."""
+    rows = [
+        [
+            name,
+            workers,
+            f"{r['first_epoch_items_per_s'][name]:.3g}",
+            f"{r['steady_items_per_s'][name]:.3g}",
+            f"{r['speedup_vs_reference'][name]:.2f}x",
+        ]
+        for name, workers in r["workers"].items()
+    ]
+    header = ["loader", "workers", "first epoch items/s", "steady items/s", "steady vs reference"]
+    return harness.markdown_table(header, rows)
 
 
 def readme(bundle: str) -> Path:
