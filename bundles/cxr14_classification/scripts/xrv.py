@@ -26,7 +26,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import CenterSpatialCrop, MapTransform
 
-from common.checkpoint import CheckpointError, load_checkpoint
+from common.checkpoint import CheckpointError, CheckpointInfo, load_checkpoint
 from common.flags import as_bool
 
 SOURCE = "xrv_densenet"
@@ -51,6 +51,14 @@ def imported_labels(path: str | os.PathLike) -> list[str]:
 def imported_thresholds(path: str | os.PathLike) -> list[float]:
     """xrv's operating points of the imported outputs, in output order."""
     return [float(t) for t in imported_info(path)["op_threshs"]]
+
+
+def fine_tuned_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
+    """The ``info`` a model fine-tuned from the import ``path`` is saved with (``train.json`` + ``weights_xrv.json``):
+    the import's, so that ``weights_xrv.json`` runs the result as it runs the import (same labels and outputs), plus
+    ``fine_tuned_from``. Its ``op_threshs`` stay the publisher's operating points, which fine-tuning does not
+    re-derive: ``--xrv_recalibrate false`` gives plain sigmoid probabilities."""
+    return CheckpointInfo(**imported_info(path), fine_tuned_from=str(path))
 
 
 class SquareCenterCropd(MapTransform):

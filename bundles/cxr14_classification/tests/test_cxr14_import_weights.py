@@ -26,7 +26,7 @@ import torchxrayvision as xrv
 from PIL import Image
 from scipy import ndimage, stats
 
-from common.checkpoint import CheckpointError, atomic_save
+from common.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from common.errors import root_cause
 from scripts.labels import LABELS
 from tests.helpers import bundle_workflow, calibrate_batch_norm, inference_workflow, randomize_weights
@@ -365,3 +365,40 @@ def test_benchmark_published_needs_data_and_the_file(capsys: pytest.CaptureFixtu
         with pytest.raises(SystemExit) as caught:
             quality.main(argv)
         assert caught.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_fine_tuning_starts_from_the_imported_weights_with_xrv_preprocessing(
+    nih_publisher: torch.nn.Module, nih_dataset: Path, tmp_path: Path
+) -> None:
+    """``train.json`` + ``weights_xrv.json`` with ``--pretrained_path`` and ``--ckpt_path`` of an imported file
+    fine-tunes it: the training network starts with exactly the imported weights, training and validation get
+    torchxrayvision's preprocessing (the override's, followed by the bundle's random transforms for training), and
+    one epoch runs and saves a checkpoint (the override's preprocessing used to break training's concatenation)."""
+    ckpt = _import(nih_publisher, "nih", tmp_path / "imported")
+    workflow = bundle_workflow(
+        BUNDLE,
+        ["train.json", "weights_xrv.json"],
+        "train",
+        "training",
+        bundle_root=str(tmp_path / "run"),
+        ckpt_path=str(ckpt),
+        pretrained_path=str(ckpt),
+        dataset_dir=str(nih_dataset),
+        max_epochs=1,
+        batch_size=8,
+        num_workers=0,
+    )
+    imported = load_checkpoint(ckpt)["model"]
+    network = workflow.parser.get_parsed_content("network")
+    assert all(torch.equal(v.cpu(), imported[k].cpu()) for k, v in network.state_dict().items()), "not the import"
+    names = [type(t).__name__ for t in workflow.parser.get_parsed_content("validate#preprocessing").transforms]
+    assert names[:4] == ["LoadCXRd", "SquareCenterCropd", "NormalizeIntensityd", "XRVResized"], names
+    train = [type(t).__name__ for t in workflow.parser.get_parsed_content("train#preprocessing").transforms]
+    assert train[: len(names)] == names and len(train) > len(names), train
+    workflow.run()
+    tuned = tmp_path / "run" / "models" / "model.pt"
+    info = load_checkpoint(tuned)["info"]
+    assert info["fine_tuned_from"] == str(ckpt) and info["labels"] == load_checkpoint(ckpt)["info"]["labels"]
+    # the result runs with the override as the import does (labels and outputs read from the checkpoint)
+    out = _bundle_probabilities(tuned, nih_dataset / "images_001" / "images", tmp_path / "infer")
+    assert len(next(iter(out.values()))) == len(info["labels"])
