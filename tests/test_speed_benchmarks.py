@@ -133,11 +133,12 @@ def test_brats_speed_script_smoke(tmp_path: Path) -> None:
     ):
         assert key in result, key
     assert result["smoke"] is True
-    assert set(result["inference"]) == {"reference", "ours", "ours+crop"}
+    assert set(result["inference"]) == {"reference", "ours", "ours+crop", "ours+openvino"}
     assert result["matmul_peak_gflops"] > 0 and result["inference"]["ours"]["gflop"] > 0
     # same weights, same window, fp32 on both sides: the label maps agree and stay in the input's space
-    ours = result["agreement"]["random_init_weights"]["ours"]
-    assert ours["same_shape_and_affine"] and min(ours["dice"].values()) >= 0.99
+    for side in ("ours", "ours+openvino"):  # the OpenVINO engine writes the same label map in the same space
+        ours = result["agreement"]["random_init_weights"][side]
+        assert ours["same_shape_and_affine"] and min(ours["dice"].values()) >= 0.99, side
     assert result["training"]["ours"]["samples_per_s"] > 0
 
 

@@ -159,6 +159,16 @@ def crop_lever_overrides() -> dict[str, Any]:
     }
 
 
+def openvino_overrides() -> dict[str, Any]:
+    """Lever measured beside the default: the network run by OpenVINO (``configs/inference_openvino.json``)."""
+    import json
+
+    return json.loads((BUNDLE_DIR / "configs" / "inference_openvino.json").read_text())
+
+
+LEVERS = {"ours+crop": crop_lever_overrides, "ours+openvino": openvino_overrides}
+
+
 def reference_train_transforms(roi: list[int]) -> Any:
     """The model zoo's training transforms: load, BraTS classes to channels, normalise, crop, flips, intensity."""
     import numpy as np
@@ -268,7 +278,7 @@ def child_main(args: Any) -> None:
             net = harness.load_state(network_def(), state)
             reference_evaluator(net, case_dir, out, sz["ref_roi"]).run()
         else:
-            ev, parser = our_evaluator(case_dir, out, crop_lever_overrides() if side == "ours+crop" else None)
+            ev, parser = our_evaluator(case_dir, out, LEVERS[side]() if side in LEVERS else None)
             harness.load_state(parser.get_parsed_content("network"), state)
             ev.run()
     else:
@@ -292,7 +302,7 @@ def agreement_with(state: dict, init_filters: int, case_dir: Path, work: Path, r
     reference_evaluator(net, case_dir, ref_out, roi).run()
     ref_labels, ref_affine, ref_shape = read_labels(_output_file(ref_out))
     result: dict[str, Any] = {}
-    for side, ov in (("ours", {}), ("ours+crop", crop_lever_overrides())):
+    for side, ov in (("ours", {}), *((name, lever()) for name, lever in LEVERS.items())):
         out = work / f"agree_{tag}_{side}"
         ev, parser = our_evaluator(case_dir, out, {"init_filters": init_filters, **ov})
         harness.load_state(parser.get_parsed_content("network"), state)
@@ -317,6 +327,9 @@ def dice_text(agreement: dict[str, Any], name: str) -> str:
 def main() -> None:  # noqa: C901 - one linear script: data, inference, agreement, training, memory, report
     parser = harness.base_parser(__doc__.split("\n")[0])
     parser.set_defaults(repeats=2, train_iters=2)  # full-size runs of ~10 min on 2 cores
+    parser.add_argument(
+        "--trained_weights", default=str(DEMO_WEIGHTS), help="demo-network (init_filters 8) weights for agreement"
+    )
     args = parser.parse_args()
     if args.child:
         child_main(args)
@@ -338,15 +351,21 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
 
     # ---- inference, end to end per case (load, preprocess, infer, postprocess, write)
     ref_net = harness.load_state(network_def(), state)
-    ref_out, our_out, crop_out = work / "ref_out", work / "our_out", work / "crop_out"
+    ref_out, our_out = work / "ref_out", work / "our_out"
     ref_ev = reference_evaluator(ref_net, case_dir, ref_out, sz["ref_roi"])
     our_ev, our_p = our_evaluator(case_dir, our_out)
     harness.load_state(our_p.get_parsed_content("network"), state)
-    crop_ev, crop_p = our_evaluator(case_dir, crop_out, crop_lever_overrides())
-    harness.load_state(crop_p.get_parsed_content("network"), state)
-    sides = {"reference": ref_ev.run, "ours": our_ev.run, "ours+crop": crop_ev.run}
+    sides = {"reference": ref_ev.run, "ours": our_ev.run}
+    outs = {"reference": ref_out, "ours": our_out}
+    for name, lever in LEVERS.items():
+        outs[name] = work / f"{name.replace('+', '_')}_out"
+        ev, p = our_evaluator(case_dir, outs[name], lever())
+        harness.load_state(p.get_parsed_content("network"), state)
+        sides[name] = ev.run
     log("inference (end to end, one 4-modality case):")
     infer, flops = harness.interleaved_with_flops(sides, args.repeats, log=log)
+    # OpenVINO's arithmetic is invisible to torch's FLOP counter: the same network on the same windows as ours
+    flops["ours+openvino"] = flops["ours"]
     for name in sides:
         infer[name]["gflop"] = round(flops[name] / 1e9, 1)
         infer[name]["gflops_achieved"] = round(flops[name] / 1e9 / infer[name]["median_s"], 1)
@@ -354,19 +373,19 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
 
     ref_labels, ref_affine, ref_shape = read_labels(_output_file(ref_out))
     agreement: dict[str, Any] = {"random_init_weights": {}}
-    for name, out in (("ours", our_out), ("ours+crop", crop_out)):
+    for name, out in ((n, outs[n]) for n in ("ours", *LEVERS)):
         labels, affine, shape = read_labels(_output_file(out))
         agreement["random_init_weights"][name] = {
             "dice": region_dice(ref_labels, labels),
             "same_shape_and_affine": bool(shape == ref_shape and abs(affine - ref_affine).max() < 1e-4),
         }
-    if DEMO_WEIGHTS.is_file() and not args.smoke:
+    if Path(args.trained_weights).is_file() and not args.smoke:
         # random weights put many voxels near the 0.5 threshold; the demo's trained weights (init_filters 8,
         # `make demo`) give a second, more meaningful agreement check
         from common.checkpoint import load_checkpoint, model_state
 
         log("agreement with the demo's trained weights (init_filters 8):")
-        demo_state = model_state(load_checkpoint(DEMO_WEIGHTS, map_location="cpu"))
+        demo_state = model_state(load_checkpoint(args.trained_weights, map_location="cpu"))
         agreement["demo_trained_weights"] = agreement_with(demo_state, 8, case_dir, work, sz["ref_roi"], "demo")
 
     # ---- training throughput (samples/s, data loading included)
@@ -386,13 +405,13 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
         train[name]["fraction_of_matmul_peak"] = harness.matmul_fraction(flops[name], train[name]["median_s"], peak)
 
     # ---- peak memory, one fresh process per side
-    tasks = {"infer": ["reference", "ours", "ours+crop"], "train": ["reference", "ours"]}
+    tasks = {"infer": ["reference", "ours", *LEVERS], "train": ["reference", "ours"]}
     memory = harness.peak_memory(__file__, args, work, state_file, tasks, log=log)
 
     # ---- report
     rows = [
         report.inference_row(f"inference per case, {name}", infer, name, 3.0, dice_text(agreement, name), memory)
-        for name in ("ours", "ours+crop")
+        for name in ("ours", *LEVERS)
     ]
     rows.append(report.training_row("training samples/s", train, "ours", memory))
     table = report.table(rows, agreement="Dice vs reference TC/WT/ET (random-init / demo-trained weights)")
