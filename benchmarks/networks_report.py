@@ -14,14 +14,13 @@ metric's difference, alternative minus default, seed by seed (paired: same data,
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 from benchmarks.ensemble_report import HEADLINE, mean_sd
 from benchmarks.speed.harness import markdown_table
-from benchmarks.speed.report import blocks_cli, replace_block, stale_blocks
+from benchmarks.speed.report import blocks_cli, blocks_parser, stale_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "networks.json"
@@ -145,27 +144,19 @@ def bundles(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [(name, entry) for name, entry in results.items() if name in COLUMNS]
 
 
-def updated(bundle: str, entry: dict[str, Any], doc: str) -> str:
-    """``doc`` with its networks block rendered from ``entry`` (ValueError without markers)."""
-    return replace_block(doc, section(bundle, entry), BEGIN, END, before=None)
+def blocks(results: dict[str, Any]) -> dict[str, str]:
+    """Bundle -> its rendered block, for every bundle of ``results``."""
+    return {bundle: section(bundle, entry) for bundle, entry in bundles(results)}
 
 
 def stale(results: dict[str, Any], docs: dict[str, str] | None = None) -> dict[str, str]:
     """Bundle -> what is wrong, for every bundle of ``results`` whose README lacks the block or differs from it."""
-    return stale_blocks({bundle: section(bundle, entry) for bundle, entry in bundles(results)}, BEGIN, END, docs)
+    return stale_blocks(blocks(results), BEGIN, END, docs)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", default=str(RESULTS))
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="update the bundles' docs/README.md")
-    mode.add_argument("--check", action="store_true", help="exit 1 when a README's block differs from the results")
-    a = p.parse_args()
-    results = json.loads(Path(a.results).read_text())
-    blocks = {bundle: section(bundle, entry) for bundle, entry in bundles(results)}
-    mode_name = "check" if a.check else "write" if a.write else "print"
-    blocks_cli(blocks, BEGIN, END, mode_name, a.results, "benchmarks.networks_report")
+    a = blocks_parser(__doc__.split("\n\n")[0], RESULTS).parse_args()
+    blocks_cli(blocks(json.loads(Path(a.results).read_text())), BEGIN, END, a, "benchmarks.networks_report")
 
 
 if __name__ == "__main__":

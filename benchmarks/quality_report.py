@@ -18,7 +18,6 @@ Each bundle's entry, with the bands ``benchmarks/expected.json`` allows, is rend
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.speed.harness import markdown_table
-from benchmarks.speed.report import blocks_cli, replace_block, stale_blocks
+from benchmarks.speed.report import blocks_cli, blocks_parser, replace_block, stale_blocks
 from common.files import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -336,16 +335,11 @@ def blocks(results: dict[str, Any], expected: dict[str, Any]) -> dict[str, str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--results", default=str(RESULTS))
+    p = blocks_parser(__doc__.split("\n\n")[0], RESULTS)
     p.add_argument("--expected", default=str(EXPECTED))
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="update the bundles' docs/README.md")
-    mode.add_argument("--check", action="store_true", help="exit 1 when a README's block differs from the results")
     a = p.parse_args()
     results, expected = json.loads(Path(a.results).read_text()), json.loads(Path(a.expected).read_text())
-    mode_name = "check" if a.check else "write" if a.write else "print"
-    blocks_cli(blocks(results, expected), BEGIN, END, mode_name, a.results, "benchmarks.quality_report")
+    blocks_cli(blocks(results, expected), BEGIN, END, a, "benchmarks.quality_report")
 
 
 if __name__ == "__main__":

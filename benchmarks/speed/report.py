@@ -231,18 +231,28 @@ def stale_blocks(blocks: dict[str, str], begin: str, end: str, docs: dict[str, s
     return wrong
 
 
-def blocks_cli(blocks: dict[str, str], begin: str, end: str, mode: str, source: str, module: str) -> None:
-    """What a ``benchmarks.*_report`` command does with its rendered blocks: ``mode`` "check" prints the differences
-    and exits 1 when a README differs from ``source``; "write" replaces each README's block (markers must be there);
-    anything else prints the blocks."""
-    if mode == "check":
+def blocks_parser(description: str, results: Path) -> argparse.ArgumentParser:
+    """The options of every ``benchmarks.*_report`` command: ``--results``, and ``--write`` or ``--check``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--results", default=str(results))
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="update the bundles' docs/README.md")
+    mode.add_argument("--check", action="store_true", help="exit 1 when a README's block differs from the results")
+    return p
+
+
+def blocks_cli(blocks: dict[str, str], begin: str, end: str, args: argparse.Namespace, module: str) -> None:
+    """What a ``benchmarks.*_report`` command does with its rendered blocks (bundle -> block) and its parsed
+    ``blocks_parser`` options: ``--check`` prints the differences and exits 1 when a README differs from
+    ``args.results``; ``--write`` replaces each README's block (markers must be there); else prints the blocks."""
+    if args.check:
         wrong = stale_blocks(blocks, begin, end)
         for text in wrong.values():
             print(text)
         if wrong:
-            sys.exit(f"{', '.join(wrong)}: the docs differ from {source}; python -m {module} --write")
-        print(f"docs agree with {source}")
-    elif mode == "write":
+            sys.exit(f"{', '.join(wrong)}: the docs differ from {args.results}; python -m {module} --write")
+        print(f"docs agree with {args.results}")
+    elif args.write:
         for bundle, text in blocks.items():
             path = readme(bundle)
             doc = path.read_text()
