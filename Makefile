@@ -55,9 +55,11 @@ format: $(STAMP)
 clean-demo:
 	rm -rf work_dirs/demo
 
-# MONAI Label 0.8.5 needs its own pins (pytorch-ignite 0.4.11, numpy < 2): a second environment.
+# MONAI Label 0.8.5 needs its own pins (pytorch-ignite 0.4.11, numpy < 2): a second environment. It hard-links
+# torch, torchvision and their CUDA packages (5.3 GB) from .venv when that has the same pins (tools/link_torch.py).
 $(LABEL_STAMP): requirements-label.txt pyproject.toml
 	@test -x $(LABEL_VENV)/bin/python || $(PYTHON) -m venv $(LABEL_VENV)
+	$(LABEL_VENV)/bin/python tools/link_torch.py --source $(VENV) --target $(LABEL_VENV) --requirements requirements-label.txt
 	$(LABEL_VENV)/bin/python -m pip install --quiet -r requirements-label.txt
 	$(LABEL_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	@touch $@
