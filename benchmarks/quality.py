@@ -362,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{header}\n{report}\n\nwrote {work / 'quality.md'}", flush=True)
 
     if args.update and not real:
+        # read again: another run (of other bundles) may have updated the file while this one trained
+        expected = json.loads(args.expected.read_text())
         for bundle, res in info["results"].items():
             for row in res.get("checks", []):
                 if row["measured"] is not None:

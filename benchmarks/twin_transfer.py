@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -42,11 +43,15 @@ TEMPLATE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 
 
 def synthetic_module():
-    """The bundle's generator (imported from the bundle directory, as the bundle's own scripts are)."""
-    sys.path.insert(0, str(BUNDLE))
-    from scripts import synthetic
-
-    return synthetic
+    """The BraTS bundle's generator, loaded from its file under its own name: every bundle has a ``scripts``
+    package, and in a process that imported another bundle's (the test suite) ``scripts.synthetic`` is not this."""
+    name = "brats_segmentation_scripts_synthetic"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, BUNDLE / "scripts" / "synthetic.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def load_template() -> dict[str, np.ndarray]:

@@ -76,8 +76,9 @@ def test_annotation_lands_on_generated_nodule(items: list[dict]) -> None:
         for box, nodule in zip(np.asarray(d["box"]), item["nodules"]):
             centre = np.round((box[:3] + box[3:]) / 2).astype(int)
             assert np.all(centre >= 0) and np.all(centre < img.shape)
-            if nodule[3] >= 5:  # tiny ground-glass nodules are too faint after partial-volume blur
-                assert img[tuple(centre)] > -450, f"{item['seriesuid']}: no nodule at the annotated centre"
+            # ground-glass nodules reach only -650..-350 HU; lung is about -850 (tiny ones blur into it)
+            if nodule[3] >= 5:
+                assert img[tuple(centre)] > -720, f"{item['seriesuid']}: no nodule at the annotated centre"
                 checked += 1
             # the LPS/RAS mix-up puts the box at the point mirrored through the RAS origin: off the image or elsewhere
             wrong = np.asarray(

@@ -169,6 +169,7 @@ def test_resampled_copy_keeps_world_geometry(tmp_path: Path) -> None:
         for x, y, z, d in a["nodules"]:
             if d >= 6:
                 i, j, k = image.TransformPhysicalPointToIndex([x, y, z])
-                assert array[k, j, i] > -450, f"{a['image']}: no nodule at ({x}, {y}, {z})"
+                # above the lung's -850 HU; ground-glass nodules reach only -650..-350 HU
+                assert array[k, j, i] > -720, f"{a['image']}: no nodule at ({x}, {y}, {z})"
                 checked += 1
     assert checked
