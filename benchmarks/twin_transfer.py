@@ -93,6 +93,12 @@ def on_twin_grid(template: dict[str, np.ndarray], size: tuple[int, int, int], vo
     return out
 
 
+def template_on_grid(size: tuple[int, int, int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(voxels per mm, the template scaled onto a grid of ``size``) as the twin's anatomy is drawn there."""
+    vox_per_mm = synthetic_module().voxels_per_mm(size)
+    return vox_per_mm, on_twin_grid(load_template(), size, vox_per_mm)
+
+
 def make_case(synthetic, rng: np.random.Generator, grid: dict, vox_per_mm: np.ndarray, enhancing: bool):
     """(4, ...) images in the twin's modality order and the label map, on the template's anatomy."""
     brain = grid["t1"] > 5.0
@@ -124,8 +130,7 @@ def make_case(synthetic, rng: np.random.Generator, grid: dict, vox_per_mm: np.nd
 
 def write_cases(out_dir: Path, n_cases: int, size: tuple[int, int, int], seed: int) -> list[Path]:
     synthetic = synthetic_module()
-    vox_per_mm = np.array(size, np.float32) / np.array(synthetic.BRATS_GRID_MM, np.float32)
-    grid = on_twin_grid(load_template(), size, vox_per_mm)
+    vox_per_mm, grid = template_on_grid(size)
     rng = np.random.default_rng(seed)
     dirs = []
     for i in range(n_cases):

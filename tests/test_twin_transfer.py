@@ -13,10 +13,7 @@ SIZE = (96, 96, 64)
 
 @pytest.fixture(scope="module")
 def setup():
-    synthetic = twin_transfer.synthetic_module()
-    vox_per_mm = np.array(SIZE, np.float32) / np.array(synthetic.BRATS_GRID_MM, np.float32)
-    grid = twin_transfer.on_twin_grid(twin_transfer.load_template(), SIZE, vox_per_mm)
-    return synthetic, vox_per_mm, grid
+    return (twin_transfer.synthetic_module(), *twin_transfer.template_on_grid(SIZE))
 
 
 def back_of_lowest_slices(brain: np.ndarray) -> float:

@@ -29,7 +29,6 @@ from benchmarks import twin_transfer  # noqa: E402
 from common.files import atomic_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-LABEL_COLOURS = {1: (0.85, 0.2, 0.2), 2: (0.2, 0.75, 0.3), 3: (1.0, 0.85, 0.1)}  # NCR, ED, ET as in the overlays
 
 
 def axial(volume: np.ndarray, z: int) -> np.ndarray:
@@ -44,15 +43,17 @@ def rows(seed: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     for size in ((96, 96, 64), (240, 240, 155)):
         images, label = synthetic.make_case(np.random.default_rng(seed), size)
         out.append((f"twin {size[0]}x{size[1]}x{size[2]} (seed {seed})", images, label))
-    size = (96, 96, 64)
-    vox_per_mm = np.array(size, np.float32) / np.array(synthetic.BRATS_GRID_MM, np.float32)
-    grid = twin_transfer.on_twin_grid(twin_transfer.load_template(), size, vox_per_mm)
+    vox_per_mm, grid = twin_transfer.template_on_grid((96, 96, 64))
     images, label = twin_transfer.make_case(synthetic, np.random.default_rng(seed + 1), grid, vox_per_mm, True)
     out.append(("MNI152 brain (real T1), painted tumour", images, label))
     return out
 
 
 def draw_brats(out: Path, seed: int) -> None:
+    sys.path.insert(0, str(ROOT / "bundles" / "brats_segmentation"))
+    from scripts.writers import REGION_COLOURS  # the overlays' colours, so the two pictures read alike
+
+    colours = {1: REGION_COLOURS["necrotic core"], 2: REGION_COLOURS["oedema"], 3: REGION_COLOURS["enhancing tumour"]}
     synthetic = twin_transfer.synthetic_module()
     cases = rows(seed)
     fig, axes = plt.subplots(len(cases), 5, figsize=(12.5, 2.7 * len(cases)))
@@ -63,11 +64,11 @@ def draw_brats(out: Path, seed: int) -> None:
             row[col].imshow(img, cmap="gray", vmin=0, vmax=np.percentile(img[img > 0], 99.5))
             row[col].set_title(f"{name.upper()}" if col else f"{title}\nT1C", fontsize=9)
         overlay = np.zeros((*axial(label, z).shape, 4))
-        for value, colour in LABEL_COLOURS.items():
+        for value, colour in colours.items():
             overlay[axial(label, z) == value] = (*colour, 0.85)
         row[4].imshow(axial(images[3], z), cmap="gray")
         row[4].imshow(overlay)
-        row[4].set_title("reference: NCR red, ED green, ET yellow", fontsize=9)
+        row[4].set_title("reference: NCR red, ED blue, ET yellow", fontsize=9)
         for ax in row:
             ax.axis("off")
     fig.tight_layout()

@@ -38,9 +38,9 @@ BACKGROUND, WM, GM, DEEP_GM, CSF = 0, 1, 2, 3, 4
 TISSUES = {WM: "wm", GM: "gm", DEEP_GM: "deep_gm", CSF: "csf"}
 
 # Mean intensity per tissue and modality (T1c, T1, T2, FLAIR) relative to cortical grey matter. Orderings follow
-# clinical MRI: T1 WM > GM > CSF (WM/GM 1.33 and CSF/GM 0.41 in the MNI152 2009a T1 template: tests/test_brats
-# realism); T2 CSF > GM > WM; FLAIR GM > WM > CSF (CSF suppressed); oedema bright on T2 and the brightest tissue on
-# FLAIR; enhancing tumour the brightest on T1c; necrosis dark on T1/T1c and bright on T2.
+# clinical MRI: T1 WM > GM > CSF (WM/GM 1.33 and CSF/GM 0.41 in the MNI152 2009a T1 template:
+# tests/test_brats_twin.py); T2 CSF > GM > WM; FLAIR GM > WM > CSF (CSF suppressed); oedema bright on T2 and the
+# brightest tissue on FLAIR; enhancing tumour the brightest on T1c; necrosis dark on T1/T1c and bright on T2.
 CONTRAST = {
     "wm": (1.28, 1.33, 0.72, 0.84),
     "gm": (1.00, 1.00, 1.00, 1.00),
@@ -57,6 +57,11 @@ CONTRAST = {
 def brats_affine(size: Sequence[int]) -> np.ndarray:
     """The affine BraTS releases use (LPS-flipped x/y, 1 mm)."""
     return np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, size[1] - 1.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
+
+
+def voxels_per_mm(size: Sequence[int]) -> np.ndarray:
+    """Voxels per mm of the anatomy drawn on a grid of ``size``: the grid stands for BraTS's 240x240x155 mm."""
+    return np.array(size, np.float32) / np.array(BRATS_GRID_MM, np.float32)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma: float) -> np.ndarray:
@@ -83,7 +88,7 @@ def make_anatomy(rng: np.random.Generator, size: Sequence[int]) -> tuple[np.ndar
     left-right, axis 1 front (low index) to back, axis 2 bottom to top, as in BraTS volumes.
     """
     size = tuple(int(s) for s in size)
-    vox_per_mm = np.array(size, np.float32) / np.array(BRATS_GRID_MM, np.float32)
+    vox_per_mm = voxels_per_mm(size)
     semi = np.array(BRAIN_SEMI_AXES_MM, np.float32) * vox_per_mm * rng.uniform(0.9, 1.06, 3)
     centre = np.array(size, np.float32) / 2 + rng.uniform(-1.5, 1.5, 3) * vox_per_mm
     # the vertex just inside the top slice; the cerebellum and brainstem fill the lower slices
@@ -95,7 +100,7 @@ def make_anatomy(rng: np.random.Generator, size: Sequence[int]) -> tuple[np.ndar
     # cerebrum: wider at the back, flattened base, temporal lobes bulging down at the sides
     xs = x / (1.0 + 0.10 * y)
     zs = np.where(z < 0, z * 1.45, z)
-    cerebrum = (xs**2 + (y * 1.0) ** 2 + zs**2 + wobble) < 1.0
+    cerebrum = (xs**2 + y**2 + zs**2 + wobble) < 1.0
     for side in (-1, 1):
         cerebrum |= _ellipsoid(rel, (side * 0.62, -0.12, -0.45), (0.32, 0.48, 0.30))
     cerebrum &= z > -0.78

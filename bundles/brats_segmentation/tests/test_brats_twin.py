@@ -4,16 +4,13 @@ tissue contrast, the share of grey matter, the brain's size in the grid, and how
 
 from __future__ import annotations
 
-import importlib.resources
-
-import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from benchmarks.twin_transfer import load_template
 from scripts import synthetic
 
-TEMPLATE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 DEMO_SIZE = (96, 96, 64)
 
 
@@ -21,9 +18,8 @@ DEMO_SIZE = (96, 96, 64)
 def mni() -> dict[str, float]:
     """Measured on the real template: T1 medians per tissue relative to grey matter, grey-matter share of the
     parenchyma, brain extent in mm."""
-    data = importlib.resources.files("nilearn") / "datasets" / "data"
-    t1, gm, wm = (np.asarray(nib.load(str(data / TEMPLATE.format(n))).dataobj, np.float32) for n in ("t1", "gm", "wm"))
-    gm, wm = gm / 255.0, wm / 255.0
+    template = load_template()
+    t1, gm, wm = template["t1"], template["gm"], template["wm"]
     brain = t1 > 0
     grey = np.median(t1[gm > 0.7])
     extent = [int(a.max() - a.min() + 1) for a in np.nonzero(brain)]
@@ -31,7 +27,7 @@ def mni() -> dict[str, float]:
         "wm_gm": float(np.median(t1[wm > 0.9]) / grey),
         "csf_gm": float(np.median(t1[brain & (gm + wm < 0.1)]) / grey),
         "gm_share": float(gm.sum() / (gm.sum() + wm.sum())),
-        "extent": extent,  # left-right, back-front, bottom-top (RAS)
+        "extent": extent,  # left-right, front-back, bottom-top
     }
 
 
