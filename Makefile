@@ -12,6 +12,8 @@ LABEL_BUNDLES ?= all
 LABEL_DIR ?= work_dirs/label
 LABEL_WEIGHTS ?=
 LABEL_ENSEMBLE ?=
+# the BraTS model `make benchmark` trains: the speed benchmark's trained-weights agreement uses it when present
+BRATS_BENCHMARK_MODEL := work_dirs/benchmark/brats_segmentation/models/model.pt
 
 .PHONY: help venv test demo lint format clean-demo label label-test benchmark-speed
 
@@ -84,9 +86,13 @@ pack: $(STAMP)
 
 # Speed against the model-zoo reference configurations (benchmarks/speed/README.md); one script at a time.
 benchmark-speed: $(STAMP)
-	$(PY) -m benchmarks.speed.brats --out benchmarks/results/speed_brats.json
+	$(PY) -m benchmarks.speed.brats --out benchmarks/results/speed_brats.json \
+		$(if $(wildcard $(BRATS_BENCHMARK_MODEL)),--trained_weights $(BRATS_BENCHMARK_MODEL))
 	$(PY) -m benchmarks.speed.luna16 --out benchmarks/results/speed_luna16.json
 	$(PY) -m benchmarks.speed.cxr --out benchmarks/results/speed_cxr.json
+	@if [ -f work_dirs/benchmark/luna16_detection/models/model.pt ]; then \
+		$(PY) -m benchmarks.speed.luna16_amp_agreement; \
+	else echo "luna16_amp_agreement skipped: it needs the LUNA16 model of 'make benchmark'"; fi
 	$(PY) -m benchmarks.speed.loader --bundle brats --out benchmarks/results/loader_brats.json
 	$(PY) -m benchmarks.speed.loader --bundle luna16 --out benchmarks/results/loader_luna16.json
 	$(PY) -m benchmarks.speed.loader --bundle cxr --out benchmarks/results/loader_cxr.json

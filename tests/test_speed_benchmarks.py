@@ -58,27 +58,67 @@ def test_detection_matching_and_auroc_on_known_cases() -> None:
 def test_table_rows_put_speed_ups_and_memory_in_the_shared_columns() -> None:
     report = _speed_module("report")
     infer = {
-        "reference": {"median_s": 6.0, "per_image_s": 0.6, "fraction_of_matmul_peak": 0.1},
-        "ours": {"median_s": 2.0, "per_image_s": 0.2, "fraction_of_matmul_peak": 0.3},
+        "reference": {"median_s": 6.0, "per_image_s": 0.6, "fraction_of_peak": 0.1, "precision": "fp32"},
+        "ours": {"median_s": 2.0, "per_image_s": 0.2, "fraction_of_peak": 0.3, "precision": "bf16"},
     }
     train = {
-        "reference": {"samples_per_s": 1.0, "fraction_of_matmul_peak": 0.05},
-        "ours": {"samples_per_s": 2.5, "fraction_of_matmul_peak": 0.15},
+        "reference": {"samples_per_s": 1.0, "fraction_of_peak": 0.05, "precision": "fp32"},
+        "ours": {"samples_per_s": 2.5, "fraction_of_peak": 0.15, "precision": "fp32"},
     }
     memory = {"infer_reference": 1000.4, "infer_ours": 800.6, "train_reference": 1500.0}  # train_ours not measured
     # inference: reference time / our time; training: our rate / reference rate
     row = report.inference_row("inf", infer, "ours", 3.0, "ok", memory)
-    assert row == ["inf", 6.0, 2.0, 3.0, 3.0, "ok", "1000 / 801", "0.10 / 0.30"]
+    assert row == ["inf", 6.0, 2.0, 3.0, 3.0, "ok", "1000 / 801", "0.10 fp32 / 0.30 bf16"]
     row = report.inference_row("inf", infer, "ours", 2.5, "ok", None, per="per_image_s")
     assert row[1:4] == [0.6, 0.2, 3.0] and row[6] == "-"
     row = report.training_row("tr", train, "ours", memory)
-    assert row == ["tr", 1.0, 2.5, 2.5, 2.0, "-", "1500 / nan", "0.05 / 0.15"]
+    assert row == ["tr", 1.0, 2.5, 2.5, 2.0, "-", "1500 / nan", "0.05 fp32 / 0.15 fp32"]
     lines = report.table([report.training_row("tr", train, "ours", {})], agreement="Dice").splitlines()
     assert lines[0] == (
         "| measure | reference | ours | speed-up | target | Dice | peak RSS MB (ref / ours) "
-        "| matmul-peak fraction (ref / ours) |"
+        "| share of the peak in its precision (ref / ours) |"
     )
-    assert lines[1] == "|" + "---|" * 8 and lines[2] == "| tr | 1 | 2.5 | 2.5 | 2 | - | nan / nan | 0.05 / 0.15 |"
+    assert lines[1] == "|" + "---|" * 8
+    assert lines[2] == "| tr | 1 | 2.5 | 2.5 | 2 | - | nan / nan | 0.05 fp32 / 0.15 fp32 |"
+
+
+def test_each_side_is_measured_against_the_peak_of_its_own_precision() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    harness = _speed_module("harness")
+    timings = {"reference": {"median_s": 2.0}, "ours": {"median_s": 1.0}}
+    flops = {"reference": int(4e9), "ours": int(4e9)}
+    peaks = {"fp32": {"matmul": 4.0, "conv3d": 10.0}, "bf16": {"matmul": 40.0, "conv3d": 30.0}}  # the faster counts
+    harness.set_peak_fractions(timings, flops, peaks, {"reference": "fp32", "ours": "bf16"})
+    # 2 GFLOP/s of a 10 GFLOP/s fp32 peak; 4 GFLOP/s of a 40 GFLOP/s bf16 peak (0.4 of the fp32 one)
+    assert timings["reference"] == {
+        "median_s": 2.0,
+        "precision": "fp32",
+        "gflops_achieved": 2.0,
+        "fraction_of_peak": 0.2,
+        "fraction_of_fp32_peak": 0.2,
+    }
+    assert (timings["ours"]["fraction_of_peak"], timings["ours"]["fraction_of_fp32_peak"]) == (0.1, 0.4)
+    assert harness.amp_precision(SimpleNamespace(enabled=False, dtype=torch.bfloat16)) == "fp32"
+    assert harness.amp_precision(SimpleNamespace(enabled=True, dtype=torch.bfloat16)) == "bf16"
+    with pytest.raises(ValueError, match="float16"):
+        harness.amp_precision(SimpleNamespace(enabled=True, dtype=torch.float16))
+
+
+def test_recorded_command_is_the_one_a_user_types_from_the_repository_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The docs show the JSON's command: a script of the repository is recorded as ``-m package.module`` and
+    paths inside the repository relative to its root (an absolute path of one clone fails in another), paths
+    outside it unchanged."""
+    from benchmarks.speed import harness
+
+    root = harness.ROOT
+    argv = [str(root / "benchmarks" / "speed" / "brats.py"), "--trained_weights"]
+    argv += [str(root / "work_dirs" / "benchmark" / ".." / "benchmark" / "m.pt"), "--out", "/tmp/elsewhere.json"]
+    monkeypatch.setattr(sys, "argv", argv)
+    expected = ".venv/bin/python -m benchmarks.speed.brats --trained_weights work_dirs/benchmark/m.pt"
+    assert harness.command_line() == expected + " --out /tmp/elsewhere.json"
 
 
 def test_flops_counted_in_the_warm_up_and_peak_memory_in_fresh_children(tmp_path: Path) -> None:
@@ -92,7 +132,6 @@ def test_flops_counted_in_the_warm_up_and_peak_memory_in_fresh_children(tmp_path
     timings, flops = harness.interleaved_with_flops(sides, repeats=1, log=lambda _: None)
     assert flops == {"reference": 2 * 64 * 32 * 64, "ours": 0}
     assert len(timings["reference"]["samples_s"]) == 1 and "median_s" in timings["ours"]
-    assert harness.matmul_fraction(int(4e9), 2.0, 10.0) == 0.2
 
     # a child that fails unless it gets the documented arguments; peak_memory keys its peak RSS <task>_<side>
     child = tmp_path / "child.py"
@@ -122,7 +161,7 @@ def test_brats_speed_script_smoke(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     for key in (
         "machine",
-        "matmul_peak_gflops",
+        "kernel_peaks_gflops",
         "inference",
         "inference_speedup",
         "agreement",
@@ -134,7 +173,10 @@ def test_brats_speed_script_smoke(tmp_path: Path) -> None:
         assert key in result, key
     assert result["smoke"] is True
     assert set(result["inference"]) == {"reference", "ours", "ours+crop", "ours+openvino"}
-    assert result["matmul_peak_gflops"] > 0 and result["inference"]["ours"]["gflop"] > 0
+    peaks = result["kernel_peaks_gflops"]
+    assert set(peaks) == {"fp32", "bf16"} and min(v for p in peaks.values() for v in p.values()) > 0
+    assert result["inference"]["ours"]["gflop"] > 0
+    assert result["inference"]["reference"]["precision"] == "fp32"
     # same weights, same window, fp32 on both sides: the label maps agree and stay in the input's space
     for side in ("ours", "ours+openvino"):  # the OpenVINO engine writes the same label map in the same space
         ours = result["agreement"]["random_init_weights"][side]
@@ -239,3 +281,28 @@ def test_luna16_speed_ours_runs_the_benchmark_weights(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "MISMATCH 0 []" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_amp_agreement_counts_fp32_boxes_at_each_froc_operating_point(tmp_path: Path) -> None:
+    """Thresholds follow the FROC rules (hits on a nodule or an excluded finding are not false positives), and a
+    box the other run moved by more than 1 mm is not reproduced."""
+    mod = _speed_module("luna16_amp_agreement")
+    header = "seriesuid,coordX,coordY,coordZ,diameter_mm\n"
+    (tmp_path / "annotations.csv").write_text(header + "a,0,0,0,10\n")
+    (tmp_path / "annotations_excluded.csv").write_text(header + "a,50,0,0,-1\n")
+    # scan a: a hit (0.9), a hit on the excluded finding (0.8), three false positives (0.7, 0.6, 0.5); scan b: none
+    dets = {"a": [[0, 0, 0, 0.9], [50, 0, 0, 0.8], [100, 0, 0, 0.7], [200, 0, 0, 0.6], [300, 0, 0, 0.5]]}
+    thr = mod.false_positive_thresholds(dets, tmp_path, ["a", "b"])
+    # 0.5 FP/scan over 2 scans allows 1 false positive: the threshold lies just above the second (0.6)
+    assert thr[0.5] == pytest.approx(0.6) and thr[0.5] > 0.6
+    assert thr[1.0] == pytest.approx(0.5) and thr[1.0] > 0.5
+    assert thr[0.125] == pytest.approx(0.7) and thr[2.0] == 0.0  # fewer false positives than allowed: every box
+
+    boxes = [[x, y, z, 5, 5, 5] for x, y, z, _ in dets["a"]]
+    ref = {"a": {"boxes": boxes, "scores": [d[3] for d in dets["a"]]}}
+    moved = [list(b) for b in boxes]
+    moved[2][0] += 2.0  # the 0.7 false positive moves 2 mm in the other run
+    other = {"a": {"boxes": moved, "scores": [d[3] for d in dets["a"]]}}
+    agree = mod.agreement_at_operating_points(ref, other, {0.5: thr[0.5], 1.0: thr[1.0]})
+    assert agree["0.5"]["reference_boxes"] == 3 and agree["0.5"]["matched"] == 2  # 0.9, 0.8, 0.7 above 0.6
+    assert agree["1.0"]["reference_boxes"] == 4 and agree["1.0"]["matched"] == 3

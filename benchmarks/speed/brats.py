@@ -166,6 +166,13 @@ def openvino_overrides() -> dict[str, Any]:
     return json.loads((BUNDLE_DIR / "configs" / "inference_openvino.json").read_text())
 
 
+def openvino_side_precision() -> str:
+    """What the OpenVINO lever computes in (its config's ``openvino_precision``, ``auto`` resolved for this CPU)."""
+    from common.openvino import openvino_precision
+
+    return {"f32": "fp32", "bf16": "bf16"}[openvino_precision(openvino_overrides()["openvino_precision"])]
+
+
 LEVERS = {"ours+crop": crop_lever_overrides, "ours+openvino": openvino_overrides}
 
 
@@ -336,7 +343,7 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
         return
     import torch
 
-    work, machine, peak = harness.start(args, "brats")
+    work, machine, peaks = harness.start(args, "brats")
     sz = sizes(args.smoke)
     if args.smoke:
         SMOKE_OVERRIDES["val_roi_size"] = sz["ref_roi"]
@@ -366,10 +373,11 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
     infer, flops = harness.interleaved_with_flops(sides, args.repeats, log=log)
     # OpenVINO's arithmetic is invisible to torch's FLOP counter: the same network on the same windows as ours
     flops["ours+openvino"] = flops["ours"]
+    ours = harness.amp_precision(our_p.get_parsed_content("amp"))
+    precision = {"reference": "fp32", "ours": ours, "ours+crop": ours, "ours+openvino": openvino_side_precision()}
     for name in sides:
         infer[name]["gflop"] = round(flops[name] / 1e9, 1)
-        infer[name]["gflops_achieved"] = round(flops[name] / 1e9 / infer[name]["median_s"], 1)
-        infer[name]["fraction_of_matmul_peak"] = harness.matmul_fraction(flops[name], infer[name]["median_s"], peak)
+    harness.set_peak_fractions(infer, flops, peaks, precision)
 
     ref_labels, ref_affine, ref_shape = read_labels(_output_file(ref_out))
     agreement: dict[str, Any] = {"random_init_weights": {}}
@@ -402,7 +410,9 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
     for name in tsides:
         train[name]["samples_per_s"] = round(iters / train[name]["median_s"], 4)
         train[name]["gflop_per_run"] = round(flops[name] / 1e9, 1)
-        train[name]["fraction_of_matmul_peak"] = harness.matmul_fraction(flops[name], train[name]["median_s"], peak)
+    harness.set_peak_fractions(
+        train, flops, peaks, {"reference": "fp32", "ours": harness.amp_precision(our_tp.get_parsed_content("amp"))}
+    )
 
     # ---- peak memory, one fresh process per side
     tasks = {"infer": ["reference", "ours", *LEVERS], "train": ["reference", "ours"]}
@@ -419,7 +429,7 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
         "brats",
         args,
         machine,
-        peak,
+        peaks,
         table,
         {
             "bundle": BUNDLE,

@@ -8,7 +8,12 @@ Why each piece is done this way:
   subprocess (``--child``) that reports its own ``ru_maxrss`` (the whole process: Python + torch + MONAI + data).
 - Compute efficiency: FLOPs of the network calls counted with ``torch.utils.flop_counter.FlopCounterMode``
   (convolutions and matmuls; 1 multiply-add = 2 FLOPs) during the warm-up run, divided by the measured time,
-  as a fraction of a large fp32 ``torch.matmul`` measured in the same run (this CPU's practical peak).
+  as a fraction of this CPU's practical peak in the precision that side computes in (fp32, or bf16 where
+  autocast or OpenVINO runs bf16): a bf16 pipeline at half the fp32 peak may still use little of the bf16 peak,
+  and only the peak of its own precision says how much room is left. The peak is the faster of a large
+  ``torch.matmul`` and a large channels-last 3x3x3 ``conv3d``, both measured in the same run: on AMD CPUs torch's
+  fp32 matmul (MKL) reaches well under half of what oneDNN's fp32 convolutions reach (226 vs 560 GFLOP/s on a
+  2-core Zen 5 EPYC, 2026-12-03), so a matmul alone is no peak for fp32 networks there.
 """
 
 from __future__ import annotations
@@ -59,7 +64,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 
 def start(args: argparse.Namespace, name: str) -> tuple[Path, dict[str, Any], float]:
-    """Common prologue of every speed script: threads, smoke settings, work dir, machine info and matmul peak."""
+    """Common prologue of every speed script: threads, smoke settings, work dir, machine info and the kernel peaks
+    per precision (``{"fp32": {"matmul": GFLOP/s, "conv3d": GFLOP/s}, "bf16": {...}}``)."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -68,12 +74,14 @@ def start(args: argparse.Namespace, name: str) -> tuple[Path, dict[str, Any], fl
     work = Path(args.work_dir or tempfile.mkdtemp(prefix=f"speed_{name}_"))
     work.mkdir(parents=True, exist_ok=True)
     machine = machine_info(args.threads)
-    peak = matmul_peak_gflops(512 if args.smoke else 2048)
+    peaks = {p: kernel_peaks_gflops(p, small=args.smoke) for p in PRECISIONS}
+    shown = "; ".join(f"{p} " + ", ".join(f"{k} {v:.0f}" for k, v in peaks[p].items()) for p in PRECISIONS)
     print(
         f"machine: {machine['cpu_model']}, {machine['cpus']} CPUs, native bf16 {machine['native_bf16']}; "
-        f"matmul peak {peak:.1f} GFLOP/s"
+        f"GFLOP/s {shown}"
     )
-    return work, machine, peak
+    args.started = time.perf_counter()
+    return work, machine, peaks
 
 
 def seeded_state(make_network: Callable[[], Any], seed: int = 0) -> dict:
@@ -147,18 +155,41 @@ def machine_info(threads: int) -> dict[str, Any]:
     }
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` fp32 GFLOP/s of an n x n matmul: the practical compute peak of this CPU and thread count."""
-    import torch
+PRECISIONS = ("fp32", "bf16")
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+
+def kernel_peaks_gflops(precision: str = "fp32", small: bool = False, repeats: int = 5) -> dict[str, float]:
+    """Best-of-``repeats`` GFLOP/s in ``precision`` (``"fp32"`` or ``"bf16"``) of the two kernels these networks
+    spend their time in, at sizes large enough to reach this CPU's practical peak with this thread count:
+    ``matmul`` (2048x2048) and ``conv3d`` (64 -> 64 channels, 3x3x3, a 32^3 channels-last volume; oneDNN).
+    ``peak_gflops`` takes the faster one. ``small``: tiny sizes for smoke runs."""
+    import torch
+    import torch.nn.functional as F
+
+    dtype = torch_dtype(precision)
+    n, c, s = (256, 16, 8) if small else (2048, 64, 32)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    x = torch.randn(1, c, s, s, s, dtype=dtype).contiguous(memory_format=torch.channels_last_3d)
+    w = torch.randn(c, c, 3, 3, 3, dtype=dtype)
+    kernels = {
+        "matmul": (lambda: torch.matmul(a, b), 2 * n**3),
+        "conv3d": (lambda: F.conv3d(x, w, padding=1), 2 * c * c * 27 * s**3),
+    }
+    out = {}
+    for name, (run, flops) in kernels.items():
+        run()
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - t)
+        out[name] = round(flops / best / 1e9, 1)
+    return out
+
+
+def peak_gflops(peaks: dict[str, dict[str, float]], precision: str) -> float:
+    """This CPU's practical peak in ``precision``: the faster of the kernels ``kernel_peaks_gflops`` measured."""
+    return max(peaks[precision].values())
 
 
 @contextmanager
@@ -226,9 +257,37 @@ def interleaved_with_flops(
     return timings, flops
 
 
-def matmul_fraction(flops: int, seconds: float, peak_gflops: float) -> float:
-    """Achieved GFLOP/s of a run over the matmul peak: the share of this CPU's practical compute it used."""
-    return round(flops / 1e9 / seconds / peak_gflops, 3)
+def amp_precision(amp: Any) -> str:
+    """``"bf16"`` or ``"fp32"``: what a side with ``common.amp`` settings ``amp`` computes its convolutions in
+    (these benchmarks run on the CPU, where ``common.amp`` picks bf16 or nothing)."""
+    if not amp.enabled:
+        return "fp32"
+    if amp.dtype != torch_dtype("bf16"):
+        raise ValueError(f"no CPU peak measured for autocast dtype {amp.dtype}")
+    return "bf16"
+
+
+def torch_dtype(precision: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+
+
+def set_peak_fractions(
+    timings: dict[str, dict[str, Any]],
+    flops: dict[str, int],
+    peaks: dict[str, dict[str, float]],
+    precision: dict[str, str],
+) -> None:
+    """Per side: its ``precision``, achieved GFLOP/s, and that rate over the peak of its own precision
+    (``fraction_of_peak``, the share of this CPU's practical compute in that precision it used) and over the
+    fp32 peak (``fraction_of_fp32_peak``, comparable between sides)."""
+    for name, t in timings.items():
+        gflops = flops[name] / 1e9 / t["median_s"]
+        t["precision"] = precision[name]
+        t["gflops_achieved"] = round(gflops, 1)
+        t["fraction_of_peak"] = round(gflops / peak_gflops(peaks, precision[name]), 3)
+        t["fraction_of_fp32_peak"] = round(gflops / peak_gflops(peaks, "fp32"), 3)
 
 
 # ----------------------------------------------------------------------------------------------- memory
@@ -309,8 +368,18 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def command_line() -> str:
-    rel = os.path.relpath(sys.argv[0], ROOT)
-    return " ".join([".venv/bin/python", rel, *sys.argv[1:]])
+    """The command as a user types it from the repository root: ``-m package.module`` for a script inside the
+    repository, and paths inside the repository relative to its root (so the docs' command works in any clone)."""
+
+    def rel(arg: str) -> str:
+        if os.path.isabs(arg) and Path(arg).resolve().is_relative_to(ROOT.resolve()):
+            return os.path.relpath(Path(arg).resolve(), ROOT.resolve())
+        return arg
+
+    script = rel(os.path.abspath(sys.argv[0]))
+    if script.endswith(".py") and not os.path.isabs(script):
+        script = "-m " + script[: -len(".py")].replace(os.sep, ".")
+    return " ".join([".venv/bin/python", script, *(rel(a) for a in sys.argv[1:])])
 
 
 def write_results(path: str | Path, results: dict[str, Any]) -> Path:
@@ -341,7 +410,12 @@ def speedups(timings: dict[str, dict[str, Any]], sides: Sequence[str], key: str 
 
 
 def finish(
-    name: str, args: argparse.Namespace, machine: dict[str, Any], peak: float, table: str, results: dict[str, Any]
+    name: str,
+    args: argparse.Namespace,
+    machine: dict[str, Any],
+    peaks: dict[str, dict[str, float]],
+    table: str,
+    results: dict[str, Any],
 ) -> Path:
     """Write the script's results with the fields every speed JSON has, and print the table."""
     out = write_results(
@@ -349,7 +423,8 @@ def finish(
         {
             "command": command_line(),
             "machine": machine,
-            "matmul_peak_gflops": round(peak, 1),
+            "kernel_peaks_gflops": peaks,
+            "seconds": round(time.perf_counter() - args.started, 1),
             "smoke": args.smoke,
             **results,
             "table_markdown": table,

@@ -363,7 +363,7 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
         return
     import torch
 
-    work, machine, peak = harness.start(args, "luna16")
+    work, machine, peaks = harness.start(args, "luna16")
     sz = sizes(args.smoke)
     log = print
     t = time.perf_counter()
@@ -389,7 +389,8 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
     infer, flops = harness.interleaved_with_flops(sides, args.repeats, log=log)
     for name in sides:
         infer[name]["gflop"] = round(flops[name] / 1e9, 1)
-        infer[name]["fraction_of_matmul_peak"] = harness.matmul_fraction(flops[name], infer[name]["median_s"], peak)
+    ours = harness.amp_precision(our_p.get_parsed_content("amp"))
+    harness.set_peak_fractions(infer, flops, peaks, {"reference": "fp32", "ours": ours})
     uid = item["seriesuid"]
     ref_dets = json.loads((ref_out / f"{uid}.json").read_text())
     agreement = {
@@ -408,7 +409,9 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
     train, flops = harness.interleaved_with_flops(tsides, args.repeats, log=log)
     for name in tsides:
         train[name]["samples_per_s"] = round(iters * sz["train_batch"] / train[name]["median_s"], 4)
-        train[name]["fraction_of_matmul_peak"] = harness.matmul_fraction(flops[name], train[name]["median_s"], peak)
+    harness.set_peak_fractions(
+        train, flops, peaks, {"reference": "fp32", "ours": harness.amp_precision(our_tp.get_parsed_content("amp"))}
+    )
 
     tasks = {"infer": ["reference", "ours"], "train": ["reference", "ours"]}
     memory = harness.peak_memory(__file__, args, work, ckpt, tasks, log=log)
@@ -431,7 +434,7 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
         "luna16",
         args,
         machine,
-        peak,
+        peaks,
         table,
         {
             "bundle": BUNDLE,

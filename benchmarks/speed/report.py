@@ -40,7 +40,7 @@ def table(rows: list[list[Any]], agreement: str = "agreement") -> str:
     """Markdown table of the rows under the columns every speed table has; only the agreement column's title
     differs between bundles."""
     header = ["measure", "reference", "ours", "speed-up", "target", agreement]
-    header += ["peak RSS MB (ref / ours)", "matmul-peak fraction (ref / ours)"]
+    header += ["peak RSS MB (ref / ours)", "share of the peak in its precision (ref / ours)"]
     return harness.markdown_table(header, rows)
 
 
@@ -55,7 +55,7 @@ def inference_row(
 ) -> list[Any]:
     """Reference and side ``name``: ``per`` (``median_s``, or e.g. ``per_image_s``), the speed-up of the medians,
     the target speed-up, the agreement text, the peak memory (``memory=None``: not measured for this side, "-")
-    and the matmul-peak fractions."""
+    and the shares of the peak."""
     ref, ours = infer["reference"], infer[name]
     return [
         label,
@@ -71,7 +71,7 @@ def inference_row(
 
 def training_row(label: str, train: dict[str, dict[str, Any]], name: str, memory: dict[str, float] | None) -> list[Any]:
     """Reference and side ``name``: samples/s, their ratio, the 2x target, no agreement, peak memory
-    (``memory=None``: not measured for this side, "-") and the matmul-peak fractions."""
+    (``memory=None``: not measured for this side, "-") and the shares of the peak."""
     ref, ours = train["reference"]["samples_per_s"], train[name]["samples_per_s"]
     return [
         label,
@@ -94,8 +94,8 @@ def _memory(memory: dict[str, float] | None, task: str, name: str) -> str:
 
 
 def _fraction(timings: dict[str, dict[str, Any]], name: str) -> str:
-    """Matmul-peak fractions as "ref / ours"."""
-    return f"{timings['reference']['fraction_of_matmul_peak']:.2f} / {timings[name]['fraction_of_matmul_peak']:.2f}"
+    """Each side's share of the peak of its own precision as "ref / ours", e.g. "0.31 fp32 / 0.12 bf16"."""
+    return " / ".join(f"{timings[k]['fraction_of_peak']:.2f} {timings[k]['precision']}" for k in ("reference", name))
 
 
 # ------------------------------------------------------------------------------------------------ the READMEs
@@ -118,10 +118,15 @@ def section(short: str, notes: str = "") -> str:
         "",
         f"Our configs against the {REFERENCE[short]}, same weights and same synthetic inputs, timed in one process "
         "(one warm-up per side, then runs interleaved reference/ours; medians). Peak memory: resident set of a "
-        "fresh process per side. Matmul-peak fraction: network FLOPs (torch `FlopCounterMode`) per second over "
-        f"the fp32 `torch.matmul` peak measured in the same run ({r['matmul_peak_gflops']} GFLOP/s).",
+        "fresh process per side. Share of the peak: network FLOPs (torch `FlopCounterMode`) per second over this "
+        "CPU's practical peak in the precision that side computes in, the faster of a 2048x2048 `torch.matmul` and "
+        "a 64-channel 3x3x3 channels-last `conv3d` measured in the same run (GFLOP/s: "
+        + "; ".join(
+            f"{p} " + ", ".join(f"{k} {v}" for k, v in ks.items()) for p, ks in r["kernel_peaks_gflops"].items()
+        )
+        + "; each side's rate over the fp32 peak is `fraction_of_fp32_peak` in the JSON).",
         "",
-        f"- command (repository root): `PYTHONPATH=. {r['command']}` (also `make benchmark-speed`)",
+        f"- command (repository root): `{r['command']}` (also `make benchmark-speed`)",
         f"- machine: {machine_line(r['machine'])}",
         f"- our precision on this CPU: {r['our_amp']} (`common.amp`: bf16 only where the CPU has native bf16)",
         f"- sizes: {json.dumps(r['sizes'])}",
