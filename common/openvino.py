@@ -9,13 +9,18 @@ window feeds one shape, so the network is converted once, on its first call, aft
 ``load_state_dict`` (so ``common.checkpoint.load_weights`` works unchanged, and loading new weights drops the
 compiled graphs), ``parameters``, ``eval``. Precision ``"auto"`` is bf16 where the CPU has native bf16
 (``common.amp.cpu_supports_bf16``) and f32 elsewhere. CPU only: a CUDA user keeps the torch engine.
+
+``"int8"``: NNCF's post-training quantization of the converted graph (convolution weights and their inputs in int8,
+everything else in the ``"auto"`` precision), calibrated on ``calibration`` windows (same batch and channels as the
+input; a smaller spatial size keeps NNCF's memory down, the quantized graph is then reshaped to the input's). It
+changes the output more than bf16 does; the bundles ship it as a measured, opt-in lever only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,11 +29,11 @@ from common.amp import cpu_supports_bf16
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "bf16", "f32")
+PRECISIONS = ("auto", "bf16", "f32", "int8")
 
 
 def openvino_precision(precision: str = "auto") -> str:
-    """``"bf16"`` or ``"f32"``: ``"auto"`` is bf16 on CPUs with native bf16 arithmetic."""
+    """``"bf16"``, ``"f32"`` or ``"int8"``: ``"auto"`` is bf16 on CPUs with native bf16 arithmetic."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
@@ -41,16 +46,28 @@ class OpenVINONetwork(torch.nn.Module):
 
     Args:
         network: the torch network (weights may be loaded later, through this module's ``load_state_dict``).
-        precision: ``"auto"``, ``"bf16"`` or ``"f32"`` (OpenVINO's ``INFERENCE_PRECISION_HINT``).
+        precision: ``"auto"``, ``"bf16"`` or ``"f32"`` (OpenVINO's ``INFERENCE_PRECISION_HINT``), or ``"int8"``.
         threads: OpenVINO inference threads (``INFERENCE_NUM_THREADS``); ``None``: torch's intra-op thread count.
+        calibration: for ``"int8"``, the calibration windows (tensors of shape ``(1, C, *roi)``), or a callable
+            returning them on first use (so that reading and preprocessing them waits until a graph is compiled).
     """
 
-    def __init__(self, network: torch.nn.Module, precision: str = "auto", threads: int | None = None) -> None:
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        precision: str = "auto",
+        threads: int | None = None,
+        calibration: Sequence[torch.Tensor] | Callable[[], Sequence[torch.Tensor]] | None = None,
+    ) -> None:
         super().__init__()
         self.network = network
         self.precision = openvino_precision(precision)
+        if self.precision == "int8" and calibration is None:
+            raise ValueError("OpenVINONetwork(precision='int8') needs calibration windows (calibration=...)")
         self.threads = threads
+        self._calibration = calibration
         self._compiled: dict[tuple[int, ...], Any] = {}
+        self.quantizers: dict[tuple[int, ...], int] = {}  # int8: quantizers NNCF inserted, per compiled shape
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
         return self.network.state_dict(*args, **kwargs)
@@ -60,7 +77,24 @@ class OpenVINONetwork(torch.nn.Module):
         return self.network.load_state_dict(state_dict, strict=strict, assign=assign)
 
     def describe(self) -> str:
+        if self.precision == "int8":
+            return f"OpenVINO CPU, int8 convolutions (NNCF), {openvino_precision('auto')} elsewhere"
         return f"OpenVINO CPU, {self.precision}"
+
+    def _calibration_windows(self, shape: tuple[int, ...]) -> list[Any]:
+        """The calibration windows as arrays: one shape for all, the batch and channels of ``shape`` (the spatial
+        size may differ: the quantized graph is reshaped to ``shape``)."""
+        windows = self._calibration() if callable(self._calibration) else self._calibration
+        arrays = [w.detach().float().contiguous().cpu().numpy() for w in windows or []]
+        if not arrays:
+            raise ValueError("OpenVINONetwork(precision='int8'): no calibration windows")
+        shapes = sorted({tuple(a.shape) for a in arrays})
+        if len(shapes) > 1 or shapes[0][:2] != shape[:2]:
+            raise ValueError(
+                f"int8 calibration windows of shape {shapes}: expected one shape, with batch and channels "
+                f"{shape[:2]} of the input {shape}"
+            )
+        return arrays
 
     def _compile(self, shape: tuple[int, ...]) -> Any:
         import openvino as ov
@@ -73,11 +107,25 @@ class OpenVINONetwork(torch.nn.Module):
             from torch.utils._python_dispatch import _disable_current_modes as outside_modes
         except ImportError:  # a torch without it: convert in place
             outside_modes = contextlib.nullcontext
+        windows = self._calibration_windows(shape) if self.precision == "int8" else []
+        # int8: converted at the calibration windows' shape, quantized, then reshaped to ``shape``: NNCF keeps every
+        # activation of a calibration window in memory at once (over 20 GB for one 240x240x160 BraTS window)
+        convert_shape = tuple(windows[0].shape) if windows else shape
         with outside_modes(), torch.autocast("cpu", enabled=False), torch.no_grad():
-            model = ov.convert_model(network, example_input=torch.zeros(shape), input=[shape])
-        config = {"INFERENCE_PRECISION_HINT": self.precision}
+            model = ov.convert_model(network, example_input=torch.zeros(convert_shape), input=[convert_shape])
+        precision = self.precision
+        if precision == "int8":
+            import nncf
+
+            logger.info("NNCF: int8 quantization from %d calibration windows of %s", len(windows), convert_shape)
+            model = nncf.quantize(model, nncf.Dataset(windows), subset_size=len(windows))
+            model.reshape(list(shape))
+            self.quantizers[shape] = sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+            logger.info("NNCF: %d int8 quantizers inserted", self.quantizers[shape])
+            precision = openvino_precision("auto")  # for what stays outside the int8 convolutions
+        config = {"INFERENCE_PRECISION_HINT": precision}
         config["INFERENCE_NUM_THREADS"] = str(self.threads or torch.get_num_threads())
-        logger.info("OpenVINO: compiling %s for input %s (%s)", type(self.network).__name__, shape, self.precision)
+        logger.info("OpenVINO: compiling %s for input %s (%s)", type(self.network).__name__, shape, self.describe())
         return ov.Core().compile_model(model, "CPU", config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,3 +137,17 @@ class OpenVINONetwork(torch.nn.Module):
             self._compiled[shape] = self._compile(shape)
         out = self._compiled[shape](x.detach().float().contiguous().numpy())[0]
         return torch.from_numpy(out.copy())
+
+
+def calibration_windows(dataset: Any, roi_size: Sequence[int], n: int, key: str = "image") -> list[torch.Tensor]:
+    """The first ``n`` preprocessed images of ``dataset`` (an inference config's ``dataset``), each centre-cropped
+    or zero-padded to ``roi_size`` (symmetric, as the sliding window pads a smaller image): int8 calibration on the
+    intensities the network then sees. The crop may be smaller than the inference window (memory, above)."""
+    from monai.transforms import ResizeWithPadOrCrop
+
+    fit = ResizeWithPadOrCrop(spatial_size=list(roi_size))
+    windows = []
+    for i in range(min(n, len(dataset))):
+        window = torch.as_tensor(fit(dataset[i][key]))  # MetaTensor -> Tensor
+        windows.append(window.as_subclass(torch.Tensor)[None].float())
+    return windows

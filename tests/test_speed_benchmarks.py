@@ -172,7 +172,9 @@ def test_brats_speed_script_smoke(tmp_path: Path) -> None:
     ):
         assert key in result, key
     assert result["smoke"] is True
-    assert set(result["inference"]) == {"reference", "ours", "ours+crop", "ours+openvino"}
+    assert set(result["inference"]) == {"reference", "ours", "ours+crop", "ours+openvino", "ours+openvino_int8"}
+    int8 = result["inference"]["ours+openvino_int8"]
+    assert (int8["precision"], int8["fraction_of_peak"]) == ("int8", None)  # no int8 peak measured, none made up
     peaks = result["kernel_peaks_gflops"]
     assert set(peaks) == {"fp32", "bf16"} and min(v for p in peaks.values() for v in p.values()) > 0
     assert result["inference"]["ours"]["gflop"] > 0

@@ -187,9 +187,10 @@ def kernel_peaks_gflops(precision: str = "fp32", small: bool = False, repeats: i
     return out
 
 
-def peak_gflops(peaks: dict[str, dict[str, float]], precision: str) -> float:
-    """This CPU's practical peak in ``precision``: the faster of the kernels ``kernel_peaks_gflops`` measured."""
-    return max(peaks[precision].values())
+def peak_gflops(peaks: dict[str, dict[str, float]], precision: str) -> float | None:
+    """This CPU's practical peak in ``precision``: the faster of the kernels ``kernel_peaks_gflops`` measured;
+    ``None`` for a precision with no measured peak (int8: torch has no int8 3D convolution to time)."""
+    return max(peaks[precision].values()) if precision in peaks else None
 
 
 @contextmanager
@@ -286,8 +287,9 @@ def set_peak_fractions(
         gflops = flops[name] / 1e9 / t["median_s"]
         t["precision"] = precision[name]
         t["gflops_achieved"] = round(gflops, 1)
-        t["fraction_of_peak"] = round(gflops / peak_gflops(peaks, precision[name]), 3)
-        t["fraction_of_fp32_peak"] = round(gflops / peak_gflops(peaks, "fp32"), 3)
+        peak = peak_gflops(peaks, precision[name])
+        t["fraction_of_peak"] = round(gflops / peak, 3) if peak else None
+        t["fraction_of_fp32_peak"] = round(gflops / (peak_gflops(peaks, "fp32") or float("nan")), 3)
 
 
 # ----------------------------------------------------------------------------------------------- memory

@@ -95,7 +95,11 @@ def _memory(memory: dict[str, float] | None, task: str, name: str) -> str:
 
 def _fraction(timings: dict[str, dict[str, Any]], name: str) -> str:
     """Each side's share of the peak of its own precision as "ref / ours", e.g. "0.31 fp32 / 0.12 bf16"."""
-    return " / ".join(f"{timings[k]['fraction_of_peak']:.2f} {timings[k]['precision']}" for k in ("reference", name))
+
+    def share(t: dict[str, Any]) -> str:
+        return f"{t['fraction_of_peak']:.2f} {t['precision']}" if t["fraction_of_peak"] is not None else t["precision"]
+
+    return " / ".join(share(timings[k]) for k in ("reference", name))
 
 
 # ------------------------------------------------------------------------------------------------ the READMEs
