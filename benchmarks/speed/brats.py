@@ -188,6 +188,8 @@ def openvino_int8_overrides() -> dict[str, Any]:
     int8 = json.loads((BUNDLE_DIR / "configs" / "inference_openvino_int8.json").read_text())
     overrides = {**openvino_overrides(), **int8}
     overrides["calibration_dir"] = str(CALIBRATION_DIR)
+    if "val_roi_size" in SMOKE_OVERRIDES:  # --smoke: calibrate on the tiny window, not on 128^3 of zero padding
+        overrides["calibration_roi_size"] = SMOKE_OVERRIDES["val_roi_size"]
     return overrides
 
 
