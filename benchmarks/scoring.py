@@ -143,17 +143,14 @@ def read_submission(path: Path) -> dict[str, list[tuple[float, float, float, flo
     return out
 
 
-def luna16_froc(
+def luna16_hits(
     detections: Mapping[str, Sequence[Sequence[float]]],
     nodules: Mapping[str, Sequence[Sequence[float]]],
     excluded: Mapping[str, Sequence[Sequence[float]]],
     scans: Sequence[str],
-) -> dict[str, float]:
-    """LUNA16 FROC by the official rules, written as plainly as possible: per scan, each detection is checked
-    against every nodule (hit: distance < radius, world mm); a nodule keeps its best hit as true positive, its
-    other hits are ignored, hits on excluded findings (diameter -1 -> 10 mm) are ignored, the rest are false
-    positives. The threshold sweeps every score; sensitivity at 1/8..8 FPs per scan (over all scans) is
-    interpolated linearly; CPM is their mean."""
+) -> tuple[list[float], list[float], int]:
+    """The official hit rules of ``luna16_froc``: the true-positive score of each nodule found (its best hit), the
+    scores of the false positives, and the number of nodules over ``scans``."""
     tp_scores: list[float] = []
     fp_scores: list[float] = []
     n_nodules = 0
@@ -174,6 +171,21 @@ def luna16_froc(
                 if math.dist((x, y, z), (ex, ey, ez)) < radius:
                     ignored[i] = True
         fp_scores += [dets[i][3] for i in range(len(dets)) if not ignored[i]]
+    return tp_scores, fp_scores, n_nodules
+
+
+def luna16_froc(
+    detections: Mapping[str, Sequence[Sequence[float]]],
+    nodules: Mapping[str, Sequence[Sequence[float]]],
+    excluded: Mapping[str, Sequence[Sequence[float]]],
+    scans: Sequence[str],
+) -> dict[str, float]:
+    """LUNA16 FROC by the official rules, written as plainly as possible: per scan, each detection is checked
+    against every nodule (hit: distance < radius, world mm); a nodule keeps its best hit as true positive, its
+    other hits are ignored, hits on excluded findings (diameter -1 -> 10 mm) are ignored, the rest are false
+    positives. The threshold sweeps every score; sensitivity at 1/8..8 FPs per scan (over all scans) is
+    interpolated linearly; CPM is their mean."""
+    tp_scores, fp_scores, n_nodules = luna16_hits(detections, nodules, excluded, scans)
     thresholds = sorted(set(tp_scores) | set(fp_scores), reverse=True)
     fps = [0.0] + [sum(s >= t for s in fp_scores) / len(scans) for t in thresholds]
     sens = [0.0] + [sum(s >= t for s in tp_scores) / max(n_nodules, 1) for t in thresholds]

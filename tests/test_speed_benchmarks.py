@@ -294,7 +294,10 @@ def test_amp_agreement_counts_fp32_boxes_at_each_froc_operating_point(tmp_path: 
     (tmp_path / "annotations_excluded.csv").write_text(header + "a,50,0,0,-1\n")
     # scan a: a hit (0.9), a hit on the excluded finding (0.8), three false positives (0.7, 0.6, 0.5); scan b: none
     dets = {"a": [[0, 0, 0, 0.9], [50, 0, 0, 0.8], [100, 0, 0, 0.7], [200, 0, 0, 0.6], [300, 0, 0, 0.5]]}
-    thr = mod.false_positive_thresholds(dets, tmp_path, ["a", "b"])
+    from benchmarks.scoring import read_findings
+
+    findings = [read_findings(tmp_path / f) for f in ("annotations.csv", "annotations_excluded.csv")]
+    thr = mod.false_positive_thresholds(dets, *findings, ["a", "b"])
     # 0.5 FP/scan over 2 scans allows 1 false positive: the threshold lies just above the second (0.6)
     assert thr[0.5] == pytest.approx(0.6) and thr[0.5] > 0.6
     assert thr[1.0] == pytest.approx(0.5) and thr[1.0] > 0.5

@@ -63,7 +63,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def start(args: argparse.Namespace, name: str) -> tuple[Path, dict[str, Any], float]:
+def start(args: argparse.Namespace, name: str) -> tuple[Path, dict[str, Any], dict[str, dict[str, float]]]:
     """Common prologue of every speed script: threads, smoke settings, work dir, machine info and the kernel peaks
     per precision (``{"fp32": {"matmul": GFLOP/s, "conv3d": GFLOP/s}, "bf16": {...}}``)."""
     import torch
@@ -289,7 +289,7 @@ def set_peak_fractions(
         t["gflops_achieved"] = round(gflops, 1)
         peak = peak_gflops(peaks, precision[name])
         t["fraction_of_peak"] = round(gflops / peak, 3) if peak else None
-        t["fraction_of_fp32_peak"] = round(gflops / (peak_gflops(peaks, "fp32") or float("nan")), 3)
+        t["fraction_of_fp32_peak"] = round(gflops / max(peaks["fp32"].values()), 3)
 
 
 # ----------------------------------------------------------------------------------------------- memory

@@ -27,14 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from benchmarks import scoring
 from benchmarks.speed import harness
 from benchmarks.speed.agreement import match_detections
 
 BUNDLE_DIR = harness.BUNDLES / "luna16_detection"
-FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+FP_RATES = scoring.LUNA16_FP_RATES
 
 
 def run_inference(benchmark_dir: Path, out_dir: Path, use_amp: bool, threads: int) -> float:
@@ -63,19 +61,14 @@ def read_scan_outputs(out_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def false_positive_thresholds(
-    detections: dict[str, list[list[float]]], data: Path, scans: list[str]
+    detections: dict[str, list[list[float]]],
+    nodules: dict[str, list[tuple[float, float, float, float]]],
+    excluded: dict[str, list[tuple[float, float, float, float]]],
+    scans: list[str],
 ) -> dict[float, float]:
     """Per FP rate, the lowest score threshold at which the run has at most that many false positives per scan
-    (FROC rules: hits on a nodule or an excluded finding are not false positives)."""
-    nodules = scoring.read_findings(data / "annotations.csv")
-    excluded = scoring.read_findings(data / "annotations_excluded.csv")
-    fp_scores = []
-    for uid in scans:
-        marks = [(n[:3], n[3] / 2) for n in nodules.get(uid, [])]
-        marks += [(e[:3], (10.0 if e[3] < 0 else e[3]) / 2) for e in excluded.get(uid, [])]
-        for x, y, z, score in detections.get(uid, []):
-            if not any(np.linalg.norm(np.subtract((x, y, z), c)) < r for c, r in marks):
-                fp_scores.append(score)
+    (false positives by the FROC's own rules, ``scoring.luna16_hits``)."""
+    _, fp_scores, _ = scoring.luna16_hits(detections, nodules, excluded, scans)
     fp_scores.sort(reverse=True)
     out = {}
     for rate in FP_RATES:
@@ -118,22 +111,17 @@ def main() -> None:
         parser.error(f"{bench}: no models/model.pt; run `python -m benchmarks.quality --bundles luna16_detection`")
     data = bench / "dataset"
     scans = sorted(p.stem for p in (data / "subset0").glob("*.mhd"))
-    seconds, outputs, froc = {}, {}, {}
+    nodules = scoring.read_findings(data / "annotations.csv")
+    excluded = scoring.read_findings(data / "annotations_excluded.csv")
+    seconds, outputs, froc, submissions = {}, {}, {}, {}
     for name, use_amp in (("fp32", False), ("amp", True)):
         out = args.work_dir / name
         seconds[name] = round(run_inference(bench, out, use_amp, args.threads), 1)
         outputs[name] = read_scan_outputs(out)
-        dets = scoring.read_submission(out / "submission.csv")
-        froc[name] = scoring.luna16_froc(
-            dets,
-            scoring.read_findings(data / "annotations.csv"),
-            scoring.read_findings(data / "annotations_excluded.csv"),
-            scans,
-        )
+        submissions[name] = scoring.read_submission(out / "submission.csv")
+        froc[name] = scoring.luna16_froc(submissions[name], nodules, excluded, scans)
         print(f"{name}: {seconds[name]} s, CPM {froc[name]['cpm']:.4f}", flush=True)
-    thresholds = false_positive_thresholds(
-        scoring.read_submission(args.work_dir / "fp32" / "submission.csv"), data, scans
-    )
+    thresholds = false_positive_thresholds(submissions["fp32"], nodules, excluded, scans)
     agree = agreement_at_operating_points(outputs["fp32"], outputs["amp"], thresholds)
     all_boxes = [
         match_detections(outputs["fp32"][u], outputs["amp"].get(u, {"boxes": [], "scores": []})) for u in scans
