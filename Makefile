@@ -93,6 +93,9 @@ benchmark-speed: $(STAMP)
 	@if [ -f work_dirs/benchmark/luna16_detection/models/model.pt ]; then \
 		$(PY) -m benchmarks.speed.luna16_amp_agreement; \
 	else echo "luna16_amp_agreement skipped: it needs the LUNA16 model of 'make benchmark'"; fi
+	@if [ -f work_dirs/demo/brats_segmentation/models/model.pt ]; then \
+		$(PY) -m benchmarks.speed.brats_int8; \
+	else echo "brats_int8 skipped: it needs the BraTS model of 'make demo'"; fi
 	$(PY) -m benchmarks.speed.loader --bundle brats --out benchmarks/results/loader_brats.json
 	$(PY) -m benchmarks.speed.loader --bundle luna16 --out benchmarks/results/loader_luna16.json
 	$(PY) -m benchmarks.speed.loader --bundle cxr --out benchmarks/results/loader_cxr.json

@@ -91,3 +91,26 @@ def test_calibration_windows_are_what_the_sliding_window_feeds_the_network() -> 
     assert len(windows) == 2 and windows[0].shape == (1, 4, 32, 32, 24) and type(windows[0]) is torch.Tensor
     torch.testing.assert_close(windows[1][0, :, 6:26], image[:, :, 4:36] + 1)  # padded 6+6 along x, cropped 4+4 y
     assert windows[0][0, :, :6].abs().max() == 0 and windows[0][0, :, 26:].abs().max() == 0
+
+
+def test_int8_float_modules_keep_their_convolutions_out_of_int8() -> None:
+    """``float_modules``: exactly the named modules' convolutions are left unquantized (two fewer quantizers
+    in this network), the rest stays int8; a module name that is not in the network is a clear error."""
+    pytest.importorskip("nncf")
+    gen = torch.Generator().manual_seed(5)
+    windows = [torch.randn(1, 4, 24, 24, 16, generator=gen) for _ in range(2)]
+    x = torch.randn(1, 4, 32, 32, 24, generator=gen)
+    plain = OpenVINONetwork(_segresnet(6), precision="int8", calibration=windows)
+    kept = OpenVINONetwork(
+        _segresnet(6), precision="int8", calibration=windows, float_modules=["convInit", "conv_final"]
+    )
+    with torch.no_grad():
+        plain(x), kept(x)
+    assert [c.split("/")[0] for c in kept.float_convolutions] == [
+        "__module.convInit.conv",
+        "__module.conv_final.2.conv",
+    ]
+    assert plain.float_convolutions == [] and kept.quantizers[tuple(x.shape)] == plain.quantizers[tuple(x.shape)] - 2
+    assert "but those of convInit, conv_final" in kept.describe()
+    with pytest.raises(ValueError, match=r"float_modules \['conv_last'\]: no such module in SegResNet"):
+        OpenVINONetwork(_segresnet(6), precision="int8", calibration=windows, float_modules=["conv_last"])

@@ -1,0 +1,166 @@
+"""Which BraTS convolutions int8 can take: NNCF post-training quantization variants against torch fp32, with
+trained weights, on one full BraTS window.
+
+    python -m benchmarks.speed.brats_int8 [--trained_weights work_dirs/demo/brats_segmentation/models/model.pt]
+
+Why: the int8 lever of ``benchmarks/speed/brats.py`` (every convolution in int8) moved the ET mask most (Dice
+0.922 against the reference, bar 0.99). This script measures where that comes from, by keeping parts of the
+network out of int8. Every variant goes through ``common.openvino.OpenVINONetwork`` with the calibration windows
+the shipped ``configs/inference_openvino_int8.json`` builds (the first 4 cases of the calibration folder, central
+128^3 crops), on the same input: the speed benchmark's timed synthetic case (240x240x155 at 1 mm), preprocessed
+by ``configs/inference.json`` and zero-padded to the 240x240x160 window, i.e. the one window its sliding window
+runs. Agreement: per-region Dice (TC/WT/ET channels, sigmoid > 0.5) against the torch fp32 network on that window.
+Time: the fastest of ``--repeats`` interleaved calls per variant (compile and calibration reported apart).
+Weights: the model ``make demo`` trains (init_filters 8); random weights put too many voxels at the threshold.
+Writes ``benchmarks/results/brats_int8.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.speed import brats, harness
+
+REGIONS = ("TC", "WT", "ET")
+SEGRESNET_DECODER = ["up_layers", "up_samples", "conv_final"]
+
+# name -> (OpenVINONetwork precision, float_modules, op types NNCF leaves unquantized, what it shows)
+VARIANTS: dict[str, tuple[str, list[str], list[str], str]] = {
+    "bf16": ("bf16", [], [], "OpenVINO bf16, no int8 (inference_openvino.json)"),
+    "int8_all": ("int8", [], [], "every convolution in int8 (version 0.3.1's int8 config)"),
+    "int8_first_last_bf16": (
+        "int8",
+        ["convInit", "conv_final"],
+        [],
+        "first and last convolutions in bf16 (inference_openvino_int8.json as shipped)",
+    ),
+    "int8_decoder_bf16": ("int8", ["convInit", *SEGRESNET_DECODER], [], "first convolution and the decoder in bf16"),
+    "int8_first_last_norm_add_bf16": (
+        "int8",
+        ["convInit", "conv_final"],
+        ["GroupNormalization", "Add", "Interpolate"],
+        "first and last convolutions in bf16, and no int8 inputs to GroupNorm, residual adds and upsampling",
+    ),
+}
+
+
+def engine(network: Any, variant: str, windows: list[Any]) -> Any:
+    """``OpenVINONetwork`` for ``variant``; the op-type exclusions go through NNCF's ignored scope."""
+    from common.openvino import OpenVINONetwork, convolutions_of
+
+    precision, modules, types, _ = VARIANTS[variant]
+
+    class Engine(OpenVINONetwork):
+        def _quantize(self, model: Any, calibration: list[Any]) -> Any:
+            if not types:
+                return super()._quantize(model, calibration)
+            import nncf
+
+            self.float_convolutions = convolutions_of(model, self.float_modules)
+            ignored = nncf.IgnoredScope(names=self.float_convolutions, types=types)
+            return nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration), ignored_scope=ignored)
+
+    if precision != "int8":
+        return Engine(network, precision=precision)
+    return Engine(network, precision="int8", calibration=windows, float_modules=modules)
+
+
+def region_dice(reference: Any, output: Any) -> dict[str, float]:
+    """Dice of each region channel's mask (sigmoid > 0.5 of the logits) against the reference's."""
+    a, b = reference > 0, output > 0
+    out = {}
+    for c, region in enumerate(REGIONS):
+        denominator = int(a[0, c].sum() + b[0, c].sum())
+        out[region] = 1.0 if denominator == 0 else round(2 * int((a[0, c] & b[0, c]).sum()) / denominator, 4)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trained_weights", default=str(brats.DEMO_WEIGHTS), help="demo-network (init_filters 8) weights")
+    p.add_argument("--work_dir", default=str(harness.ROOT / "work_dirs" / "speed_brats_int8"))
+    p.add_argument("--out", default=str(harness.ROOT / "benchmarks" / "results" / "brats_int8.json"))
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+
+    import torch
+
+    from common.checkpoint import load_checkpoint, model_state
+
+    torch.set_num_threads(args.threads)
+    if not Path(args.trained_weights).is_file():
+        raise SystemExit(f"{args.trained_weights}: no trained weights (run `make demo` first, or --trained_weights)")
+    started = time.perf_counter()
+    machine = harness.machine_info(args.threads)
+    work = Path(args.work_dir)
+    data_root = brats.make_data(work, (240, 240, 155), 5)
+    brats.make_calibration_dir(data_root)  # the other 4 cases: what openvino_int8_overrides() calibrates on
+    case = data_root / brats.TIMED_CASE
+    overrides = {"dataset_dir": str(case), "output_dir": str(work / "out"), "init_filters": 8}
+    image = harness.bundle_parser(brats.BUNDLE_DIR, "inference.json", overrides).get_parsed_content("dataset")[0]
+    window = harness.bundle_parser(brats.BUNDLE_DIR, "inference.json", {}).get_parsed_content("val_roi_size")
+    x = torch.as_tensor(image["image"]).as_subclass(torch.Tensor)[None].float()
+    pad = [w - s for w, s in zip(window, x.shape[2:])]
+    x = torch.nn.functional.pad(x, [v for p_ in reversed(pad) for v in (p_ // 2, p_ - p_ // 2)])
+    int8_config = harness.bundle_parser(
+        brats.BUNDLE_DIR, "inference.json", {**brats.openvino_int8_overrides(), "init_filters": 8}
+    )
+    t = time.perf_counter()
+    windows = int8_config.get_parsed_content("network#calibration")()
+    calibration_s = time.perf_counter() - t
+    state = model_state(load_checkpoint(args.trained_weights, map_location="cpu"))
+    print(f"input {tuple(x.shape)}; {len(windows)} calibration windows of {tuple(windows[0].shape)}", flush=True)
+
+    sides: dict[str, Any] = {"torch_fp32": harness.load_state(brats.network_def(8, 0.0), state).eval()}
+    results: dict[str, Any] = {}
+    for name in args.variants:
+        sides[name] = engine(harness.load_state(brats.network_def(8, 0.0), state), name, windows)
+    outputs: dict[str, Any] = {}
+
+    def call(name: str) -> Any:
+        def run() -> None:
+            with torch.no_grad():
+                outputs[name] = sides[name](x)
+
+        return run
+
+    timings = harness.interleaved({n: call(n) for n in sides}, args.repeats)  # warm-up = compile (+ quantize)
+    for name in args.variants:
+        net = sides[name]
+        results[name] = {
+            "what": VARIANTS[name][3],
+            "dice_vs_torch_fp32": region_dice(outputs["torch_fp32"], outputs[name]),
+            "fastest_s": min(timings[name]["samples_s"]),
+            "speedup_vs_torch_fp32": harness.ratio(
+                min(timings["torch_fp32"]["samples_s"]), min(timings[name]["samples_s"])
+            ),
+            "compile_s": timings[name]["warmup_s"],
+            "int8_quantizers": next(iter(net.quantizers.values()), 0),
+            "float_convolutions": [c.split("/")[0] for c in net.float_convolutions],
+            "samples_s": timings[name]["samples_s"],
+        }
+        print(name, json.dumps({k: results[name][k] for k in ("dice_vs_torch_fp32", "fastest_s", "int8_quantizers")}))
+    report = {
+        "command": harness.command_line(),
+        "machine": machine,
+        "weights": str(Path(args.trained_weights).resolve().relative_to(harness.ROOT.resolve()))
+        if Path(args.trained_weights).resolve().is_relative_to(harness.ROOT.resolve())
+        else args.trained_weights,
+        "input_shape": list(x.shape),
+        "calibration": {"windows": len(windows), "shape": list(windows[0].shape), "seconds": round(calibration_s, 1)},
+        "torch_fp32_fastest_s": min(timings["torch_fp32"]["samples_s"]),
+        "variants": results,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    harness.write_results(args.out, report)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
