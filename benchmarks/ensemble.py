@@ -56,7 +56,8 @@ Seeds: every bundle runs once per training seed (``--seeds``, default 0 1 2; ``<
 synthetic data and the splits shared by all seeds). A bundle's entry holds the mean of every figure over the seeds,
 its sample standard deviation ("sd") and each seed's value ("per_seed"); each seed's full results, commands and
 times are under "runs". Seeds run earlier with the same settings stay in the file and enter the mean, so
-``--seeds 1`` adds a seed to a finished table; a run with other settings replaces them.
+``--seeds 1`` adds a seed to a finished table; a run with other settings, or of another version of the bundle
+(``metadata.json``: another twin or recipe), replaces them.
 
 Writes ``{"<bundle>": {"seeds", "single", "tta", "ensemble", "ensemble_tta", "cost", "protocol", "runs", ...}}``
 (BraTS and LUNA16 also "variants"). Within a seed, "single" and "tta" are the means over the K folds (each fold's
@@ -643,6 +644,13 @@ SETTINGS = {
 }  # fmt: skip
 
 
+def run_settings(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """What a bundle's figures depend on: its ``SETTINGS`` arguments and the bundle's version (a new version may
+    bring another synthetic twin or recipe, whose runs must not be averaged with the old ones)."""
+    metadata = json.loads((ROOT / "bundles" / name / "configs" / "metadata.json").read_text())
+    return {k: getattr(args, k) for k in SETTINGS[name]} | {"bundle_version": metadata["version"]}
+
+
 def summary(name: str, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """A bundle's entry in the results file: every mode averaged over the seeds in ``runs`` (seed -> one run's
     results), the runs themselves under "runs"."""
@@ -711,11 +719,11 @@ def build_parser(description: str | None = __doc__) -> argparse.ArgumentParser:
     cxr_args.add_argument("--cxr_size", type=int, default=256)
     cxr_args.add_argument("--cxr_epochs", type=int, default=16)
     luna_args = p.add_argument_group("luna16_detection")
-    luna_args.add_argument("--luna16_n_scans", type=int, default=60, help="training root, over subset0..9")
+    luna_args.add_argument("--luna16_n_scans", type=int, default=150, help="training root, over subset0..9")
     luna_args.add_argument("--luna16_test_scans", type=int, default=30, help="held-out test root")
     luna_args.add_argument("--luna16_size", type=json.loads, default=[96, 96, 48], help="voxels of each scan")
     luna_args.add_argument("--luna16_folds", type=int, default=3, help="official folds 0..K-1 trained and ensembled")
-    luna_args.add_argument("--luna16_epochs", type=int, default=27, help="configs/demo.json's recipe")
+    luna_args.add_argument("--luna16_epochs", type=int, default=18, help="configs/demo.json's recipe")
     luna_args.add_argument("--luna16_val_interval", type=int, default=3)
     return p
 
@@ -731,7 +739,7 @@ def main() -> None:
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {}
     for name in args.bundles:
-        settings = {k: getattr(args, k) for k in SETTINGS[name]}
+        settings = run_settings(args, name)
         runs = result.get(name, {}).get("runs", {})
         if any(r.get("settings") != settings for r in runs.values()):
             print(f"{name}: the runs in {out} have other settings than {settings}: replaced", flush=True)

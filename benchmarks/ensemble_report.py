@@ -140,9 +140,17 @@ def command(bundle: str, entry: dict[str, Any]) -> str:
     settings = next(iter(entry["runs"].values()))["settings"]
     args = ["python -m benchmarks.ensemble", f"--bundles {bundle}", "--seeds " + " ".join(map(str, entry["seeds"]))]
     for name, value in settings.items():
+        if name == "bundle_version":  # not an argument: the bundle's version at the time (in the table's notes)
+            continue
         shown = f"'{json.dumps(value, separators=(',', ':'))}'" if isinstance(value, list) else str(value)
         args.append(f"--{name} {shown}")
     return " ".join(args)
+
+
+def bundle_version(entry: dict[str, Any]) -> str:
+    """ ", bundle version X" when the runs recorded it (the version fixes the synthetic twin and the recipe)."""
+    versions = sorted({str(r["settings"].get("bundle_version")) for r in entry["runs"].values()})
+    return "" if versions == ["None"] else f", bundle version {' / '.join(versions)}"
 
 
 def machine(entry: dict[str, Any]) -> str:
@@ -219,7 +227,7 @@ def section(bundle: str, entry: dict[str, Any]) -> str:
         excluded = "; ".join(f"seed {s}: {why}" for s, why in entry["cost_excluded"].items())
         lines.append(f"- costs over seeds {', '.join(map(str, entry['cost_seeds']))} only ({excluded})")
     lines += [
-        f"- command (repository root): `{command(bundle, entry)}`",
+        f"- command (repository root): `{command(bundle, entry)}`{bundle_version(entry)}",
         f"- machine: {machine(entry)}",
         f"- protocol (as recorded in the results file): {entry['protocol']}",
         END,

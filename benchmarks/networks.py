@@ -38,7 +38,6 @@ from benchmarks.ensemble import (
     CXR14,
     EVAL_CFG,
     ROOT,
-    SETTINGS,
     TRAIN_CFG,
     across_seeds,
     brats_dataset,
@@ -49,6 +48,7 @@ from benchmarks.ensemble import (
     read_cxr14_metrics,
     read_metrics,
     run,
+    run_settings,
     time_modes,
     train_folds,
 )
@@ -101,7 +101,7 @@ def fold0(args: argparse.Namespace, bundle: str, name: str, seed: int) -> dict[s
 
 def default_fold0(ensemble: dict[str, Any], bundle: str, args: argparse.Namespace, seeds: list[int]) -> list[dict]:
     """The default network's fold 0 per seed from ensemble.json, refused when measured with other settings."""
-    settings = {k: getattr(args, k) for k in SETTINGS[bundle]}
+    settings = run_settings(args, bundle)
     runs = ensemble.get(bundle, {}).get("runs", {})
     missing = [s for s in seeds if str(s) not in runs]
     if missing:

@@ -109,8 +109,11 @@ def test_each_seed_trains_with_its_own_training_seed(bundle: str, tmp_path, monk
 
 def test_networks_benchmark_pairs_each_seed_with_the_default_of_the_same_settings() -> None:
     """benchmarks.networks compares an alternative network with the default's fold 0 of the SAME seed and
-    settings in ensemble.json; another seed or other settings are refused, not silently compared."""
-    from benchmarks.ensemble import SETTINGS, build_parser
+    settings in ensemble.json; another seed, other settings or a run of another bundle version (another twin) are
+    refused, not silently compared."""
+    import json
+
+    from benchmarks.ensemble import ROOT, build_parser, run_settings
     from benchmarks.networks import default_fold0, with_override
 
     assert with_override("['configs/train.json','configs/demo.json']", "configs/network_unet.json") == (
@@ -118,7 +121,9 @@ def test_networks_benchmark_pairs_each_seed_with_the_default_of_the_same_setting
     )
     assert with_override("['configs/train.json']", None) == "['configs/train.json']"
     args = build_parser().parse_args([])
-    settings = {k: getattr(args, k) for k in SETTINGS["brats_segmentation"]}
+    settings = run_settings(args, "brats_segmentation")
+    metadata = json.loads((ROOT / "bundles" / "brats_segmentation" / "configs" / "metadata.json").read_text())
+    assert settings["bundle_version"] == metadata["version"] and settings["epochs"] == args.epochs
     fold = [{"test_dice": 0.3 + s / 10} for s in range(3)]
     runs = {str(s): {"settings": settings, "single": {"per_fold": [fold[s], {"test_dice": 0.0}]}} for s in (0, 1)}
     ensemble = {"brats_segmentation": {"runs": runs}}
@@ -128,3 +133,6 @@ def test_networks_benchmark_pairs_each_seed_with_the_default_of_the_same_setting
     other = build_parser().parse_args(["--epochs", "7"])
     with pytest.raises(SystemExit, match="seed 0 was measured with"):
         default_fold0(ensemble, "brats_segmentation", other, [0])
+    runs["0"]["settings"] = settings | {"bundle_version": "0.0.1"}  # measured on an older twin
+    with pytest.raises(SystemExit, match="seed 0 was measured with"):
+        default_fold0(ensemble, "brats_segmentation", args, [0])
