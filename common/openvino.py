@@ -15,8 +15,8 @@ everything else in the ``"auto"`` precision), calibrated on ``calibration`` wind
 input; a smaller spatial size keeps NNCF's memory down, the quantized graph is then reshaped to the input's). It
 changes the output more than bf16 does; the bundles ship it as a measured, opt-in lever only. ``float_modules``
 keeps chosen modules' convolutions out of int8 (measured on BraTS, demo-trained SegResNet, one 240x240x160 window:
-all convolutions in int8 give Dice against torch fp32 0.981/0.981/0.922 TC/WT/ET; the first and last in bf16
-0.981/0.981/0.982; the whole decoder in bf16 no better, 0.981/0.981/0.981).
+all convolutions in int8 give Dice against torch fp32 0.982/0.981/0.922 TC/WT/ET; the first and last in bf16
+0.981/0.981/0.981; the whole decoder in bf16 no better: ``python -m benchmarks.speed.brats_int8``).
 """
 
 from __future__ import annotations
@@ -146,9 +146,14 @@ class OpenVINONetwork(torch.nn.Module):
         convolutions of ``float_modules`` left out."""
         import nncf
 
+        return nncf.quantize(model, nncf.Dataset(windows), subset_size=len(windows), ignored_scope=self._ignored(model))
+
+    def _ignored(self, model: Any) -> Any:
+        """NNCF's ignored scope: the convolutions of ``float_modules`` (``None`` when there are none)."""
+        import nncf
+
         self.float_convolutions = convolutions_of(model, self.float_modules)
-        ignored = nncf.IgnoredScope(names=self.float_convolutions) if self.float_convolutions else None
-        return nncf.quantize(model, nncf.Dataset(windows), subset_size=len(windows), ignored_scope=ignored)
+        return nncf.IgnoredScope(names=self.float_convolutions) if self.float_convolutions else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":

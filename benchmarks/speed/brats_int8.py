@@ -49,20 +49,19 @@ VARIANTS: dict[str, tuple[str, list[str], list[str], str]] = {
 
 
 def engine(network: Any, variant: str, windows: list[Any]) -> Any:
-    """``OpenVINONetwork`` for ``variant``; the op-type exclusions go through NNCF's ignored scope."""
-    from common.openvino import OpenVINONetwork, convolutions_of
+    """``OpenVINONetwork`` for ``variant``; its op types are added to the ignored scope ``float_modules`` gives."""
+    from common.openvino import OpenVINONetwork
 
     precision, modules, types, _ = VARIANTS[variant]
 
     class Engine(OpenVINONetwork):
-        def _quantize(self, model: Any, calibration: list[Any]) -> Any:
-            if not types:
-                return super()._quantize(model, calibration)
+        def _ignored(self, model: Any) -> Any:
             import nncf
 
-            self.float_convolutions = convolutions_of(model, self.float_modules)
-            ignored = nncf.IgnoredScope(names=self.float_convolutions, types=types)
-            return nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration), ignored_scope=ignored)
+            scope = super()._ignored(model)
+            if not types:
+                return scope
+            return nncf.IgnoredScope(names=list(scope.names) if scope else [], types=types)
 
     if precision != "int8":
         return Engine(network, precision=precision)
@@ -90,6 +89,7 @@ def main() -> None:
     args = p.parse_args()
 
     import torch
+    from monai.transforms import SpatialPad
 
     from common.checkpoint import load_checkpoint, model_state
 
@@ -105,9 +105,8 @@ def main() -> None:
     overrides = {"dataset_dir": str(case), "output_dir": str(work / "out"), "init_filters": 8}
     image = harness.bundle_parser(brats.BUNDLE_DIR, "inference.json", overrides).get_parsed_content("dataset")[0]
     window = harness.bundle_parser(brats.BUNDLE_DIR, "inference.json", {}).get_parsed_content("val_roi_size")
-    x = torch.as_tensor(image["image"]).as_subclass(torch.Tensor)[None].float()
-    pad = [w - s for w, s in zip(window, x.shape[2:])]
-    x = torch.nn.functional.pad(x, [v for p_ in reversed(pad) for v in (p_ // 2, p_ - p_ // 2)])
+    # zero-padded to the window, symmetric as the sliding window pads a smaller image
+    x = torch.as_tensor(SpatialPad(window, method="symmetric")(image["image"])).as_subclass(torch.Tensor)[None].float()
     int8_config = harness.bundle_parser(
         brats.BUNDLE_DIR, "inference.json", {**brats.openvino_int8_overrides(), "init_filters": 8}
     )
