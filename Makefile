@@ -94,8 +94,8 @@ benchmark-speed: $(STAMP)
 		$(PY) -m benchmarks.speed.luna16_amp_agreement; \
 	else echo "luna16_amp_agreement skipped: it needs the LUNA16 model of 'make benchmark'"; fi
 	@if [ -f work_dirs/demo/brats_segmentation/models/model.pt ]; then \
-		$(PY) -m benchmarks.speed.brats_int8; \
-	else echo "brats_int8 skipped: it needs the BraTS model of 'make demo'"; fi
+		$(PY) -m benchmarks.speed.brats_precision; \
+	else echo "brats_precision skipped: it needs the BraTS model of 'make demo'"; fi
 	$(PY) -m benchmarks.speed.loader --bundle brats --out benchmarks/results/loader_brats.json
 	$(PY) -m benchmarks.speed.loader --bundle luna16 --out benchmarks/results/loader_luna16.json
 	$(PY) -m benchmarks.speed.loader --bundle cxr --out benchmarks/results/loader_cxr.json

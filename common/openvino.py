@@ -16,7 +16,7 @@ input; a smaller spatial size keeps NNCF's memory down, the quantized graph is t
 changes the output more than bf16 does; the bundles ship it as a measured, opt-in lever only. ``float_modules``
 keeps chosen modules' convolutions out of int8 (measured on BraTS, demo-trained SegResNet, one 240x240x160 window:
 all convolutions in int8 give Dice against torch fp32 0.982/0.981/0.922 TC/WT/ET; the first and last in bf16
-0.981/0.981/0.981; the whole decoder in bf16 no better: ``python -m benchmarks.speed.brats_int8``).
+0.981/0.981/0.981; the whole decoder in bf16 no better: ``python -m benchmarks.speed.brats_precision``).
 """
 
 from __future__ import annotations

@@ -42,6 +42,30 @@ def test_region_dice_on_a_known_case() -> None:
         agreement.region_dice(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)))
 
 
+def test_precision_variant_keeps_the_named_parts_in_fp32() -> None:
+    """brats_precision's torch variants: the named module and every module of a named type run in fp32 inside the
+    bundle's autocast; with all convolutions and norms named, the output is fp32's (bf16 would move it by ~1e-2)."""
+    import torch
+    from monai.networks.nets import SegResNet
+
+    precision = _speed_module("brats_precision")
+    torch.manual_seed(0)
+    network = SegResNet(
+        spatial_dims=3, init_filters=8, in_channels=4, out_channels=3, blocks_down=[1, 1], blocks_up=[1]
+    ).eval()
+    x = torch.randn(1, 4, 16, 16, 16)
+    with torch.no_grad():
+        reference = network(x)
+    all_fp32 = precision.Variant("torch", "amp", "test", ["conv_final"], ["Conv3d", "GroupNorm"])
+    engine = precision.torch_engine(network, all_fp32)
+    wrapped = [m for m in network.modules() if type(m).__name__ == "Float32"]
+    n_conv_norm = sum(isinstance(m.inner, (torch.nn.Conv3d, torch.nn.GroupNorm)) for m in wrapped)
+    assert n_conv_norm == sum(isinstance(m, (torch.nn.Conv3d, torch.nn.GroupNorm)) for m in network.modules()) > 5
+    assert type(network.conv_final).__name__ == "Float32"
+    with torch.no_grad():
+        assert torch.allclose(engine(x), reference, atol=1e-5)
+
+
 def test_detection_matching_and_auroc_on_known_cases() -> None:
     agreement = _speed_module("agreement")
     ref = {"boxes": [[0, 0, 0, 5, 5, 5], [10, 0, 0, 5, 5, 5], [20, 0, 0, 5, 5, 5]], "scores": [0.9, 0.5, 0.3]}

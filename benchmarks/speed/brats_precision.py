@@ -1,18 +1,21 @@
-"""Which BraTS convolutions int8 can take: NNCF post-training quantization variants against torch fp32, with
+"""Where BraTS loses agreement in reduced precision: torch bf16 and NNCF int8 variants against torch fp32, with
 trained weights, on one full BraTS window.
 
-    python -m benchmarks.speed.brats_int8 [--trained_weights work_dirs/demo/brats_segmentation/models/model.pt]
+    python -m benchmarks.speed.brats_precision [--trained_weights work_dirs/demo/brats_segmentation/models/model.pt]
 
-Why: the int8 lever of ``benchmarks/speed/brats.py`` (every convolution in int8) moved the ET mask most (Dice
-0.922 against the reference, bar 0.99). This script measures where that comes from, by keeping parts of the
-network out of int8. Every variant goes through ``common.openvino.OpenVINONetwork`` with the calibration windows
-the shipped ``configs/inference_openvino_int8.json`` builds (the first 4 cases of the calibration folder, central
-128^3 crops), on the same input: the speed benchmark's timed synthetic case (240x240x155 at 1 mm), preprocessed
+Why: the shipped bf16 path (torch autocast, ``common.amp``) gives ET Dice 0.98 against fp32 with trained weights
+and the int8 lever of ``benchmarks/speed/brats.py`` (every convolution in int8) 0.92 (bar 0.99). This script
+measures where that comes from by keeping parts of the network in fp32 (torch) or out of int8 (OpenVINO).
+torch variants run the network as the bundle does (``common.amp.amp_settings("cpu")``: bf16 autocast and
+channels-last where the CPU has native bf16), with the named modules or module types in fp32. OpenVINO variants
+go through ``common.openvino.OpenVINONetwork`` with the calibration windows the shipped
+``configs/inference_openvino_int8.json`` builds (the first 4 cases of the calibration folder, central 128^3
+crops). All run the same input: the speed benchmark's timed synthetic case (240x240x155 at 1 mm), preprocessed
 by ``configs/inference.json`` and zero-padded to the 240x240x160 window, i.e. the one window its sliding window
 runs. Agreement: per-region Dice (TC/WT/ET channels, sigmoid > 0.5) against the torch fp32 network on that window.
 Time: the fastest of ``--repeats`` interleaved calls per variant (compile and calibration reported apart).
 Weights: the model ``make demo`` trains (init_filters 8); random weights put too many voxels at the threshold.
-Writes ``benchmarks/results/brats_int8.json``.
+Writes ``benchmarks/results/brats_precision.json``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +32,94 @@ from benchmarks.speed import brats, harness
 REGIONS = ("TC", "WT", "ET")
 SEGRESNET_DECODER = ["up_layers", "up_samples", "conv_final"]
 
-# name -> (OpenVINONetwork precision, float_modules, op types NNCF leaves unquantized, what it shows)
-VARIANTS: dict[str, tuple[str, list[str], list[str], str]] = {
-    "bf16": ("bf16", [], [], "OpenVINO bf16, no int8 (inference_openvino.json)"),
-    "int8_all": ("int8", [], [], "every convolution in int8 (version 0.3.1's int8 config)"),
-    "int8_first_last_bf16": (
-        "int8",
-        ["convInit", "conv_final"],
-        [],
-        "first and last convolutions in bf16 (inference_openvino_int8.json as shipped)",
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running the network. ``float_modules``: SegResNet attribute names kept in full precision (torch:
+    fp32; OpenVINO int8: out of int8); ``float_types``: torch module class names (torch) or OpenVINO op types
+    (NNCF's ignored scope) kept the same way."""
+
+    runtime: str  # "torch" or "openvino"
+    precision: str  # torch: "amp" (common.amp's choice); OpenVINO: "bf16" or "int8"
+    what: str
+    float_modules: list[str] = field(default_factory=list)
+    float_types: list[str] = field(default_factory=list)
+
+
+VARIANTS: dict[str, Variant] = {
+    "torch_amp": Variant("torch", "amp", "torch bf16 autocast + channels-last (the shipped default)"),
+    "torch_amp_last_fp32": Variant(
+        "torch", "amp", "torch bf16, the last block (norm, act, 1x1 convolution) in fp32", ["conv_final"]
     ),
-    "int8_decoder_bf16": ("int8", ["convInit", *SEGRESNET_DECODER], [], "first convolution and the decoder in bf16"),
-    "int8_first_last_norm_add_bf16": (
+    "torch_amp_norm_fp32": Variant(
+        "torch", "amp", "torch bf16, every GroupNorm and the last block in fp32", ["conv_final"], ["GroupNorm"]
+    ),
+    "bf16": Variant("openvino", "bf16", "OpenVINO bf16, no int8 (inference_openvino.json)"),
+    "int8_all": Variant("openvino", "int8", "every convolution in int8 (version 0.3.1's int8 config)"),
+    "int8_first_last_bf16": Variant(
+        "openvino",
         "int8",
+        "first and last convolutions in bf16 (inference_openvino_int8.json as shipped)",
+        ["convInit", "conv_final"],
+    ),
+    "int8_decoder_bf16": Variant(
+        "openvino", "int8", "first convolution and the decoder in bf16", ["convInit", *SEGRESNET_DECODER]
+    ),
+    "int8_first_last_norm_add_bf16": Variant(
+        "openvino",
+        "int8",
+        "first and last convolutions in bf16, and no int8 inputs to GroupNorm, residual adds and upsampling",
         ["convInit", "conv_final"],
         ["GroupNormalization", "Add", "Interpolate"],
-        "first and last convolutions in bf16, and no int8 inputs to GroupNorm, residual adds and upsampling",
     ),
 }
 
 
-def engine(network: Any, variant: str, windows: list[Any]) -> Any:
+def _float32(module: Any) -> Any:
+    """``module`` wrapped to run in fp32 inside an autocast region (its input cast up, autocast off)."""
+    import torch
+
+    class Float32(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(x.device.type, enabled=False):
+                return self.inner(x.float())
+
+    return Float32(module)
+
+
+def torch_engine(network: Any, variant: Variant) -> Any:
+    """``network`` run as the bundle runs it on this CPU (``common.amp``), with the variant's parts in fp32."""
+    import torch
+
+    from common.amp import amp_settings
+
+    types = tuple(getattr(torch.nn, name) for name in variant.float_types)
+    for name, module in reversed(list(network.named_modules())):  # children first: a parent's path stays valid
+        if name and (name in variant.float_modules or (types and isinstance(module, types))):
+            parent, _, attr = name.rpartition(".")
+            setattr(network.get_submodule(parent) if parent else network, attr, _float32(module))
+    amp = amp_settings("cpu")
+    network = amp.prepare_network(network, "cpu")
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if amp.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with amp.autocast():
+            return network(x).float()
+
+    run.amp = amp.describe()  # type: ignore[attr-defined]
+    return run
+
+
+def openvino_engine(network: Any, variant: Variant, windows: list[Any]) -> Any:
     """``OpenVINONetwork`` for ``variant``; its op types are added to the ignored scope ``float_modules`` gives."""
     from common.openvino import OpenVINONetwork
 
-    precision, modules, types, _ = VARIANTS[variant]
+    types = variant.float_types
 
     class Engine(OpenVINONetwork):
         def _ignored(self, model: Any) -> Any:
@@ -63,9 +130,9 @@ def engine(network: Any, variant: str, windows: list[Any]) -> Any:
                 return scope
             return nncf.IgnoredScope(names=list(scope.names) if scope else [], types=types)
 
-    if precision != "int8":
-        return Engine(network, precision=precision)
-    return Engine(network, precision="int8", calibration=windows, float_modules=modules)
+    if variant.precision != "int8":
+        return Engine(network, precision=variant.precision)
+    return Engine(network, precision="int8", calibration=windows, float_modules=variant.float_modules)
 
 
 def region_dice(reference: Any, output: Any) -> dict[str, float]:
@@ -81,8 +148,8 @@ def region_dice(reference: Any, output: Any) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trained_weights", default=str(brats.DEMO_WEIGHTS), help="demo-network (init_filters 8) weights")
-    p.add_argument("--work_dir", default=str(harness.ROOT / "work_dirs" / "speed_brats_int8"))
-    p.add_argument("--out", default=str(harness.ROOT / "benchmarks" / "results" / "brats_int8.json"))
+    p.add_argument("--work_dir", default=str(harness.ROOT / "work_dirs" / "speed_brats_precision"))
+    p.add_argument("--out", default=str(harness.ROOT / "benchmarks" / "results" / "brats_precision.json"))
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
@@ -119,7 +186,12 @@ def main() -> None:
     sides: dict[str, Any] = {"torch_fp32": harness.load_state(brats.network_def(8, 0.0), state).eval()}
     results: dict[str, Any] = {}
     for name in args.variants:
-        sides[name] = engine(harness.load_state(brats.network_def(8, 0.0), state), name, windows)
+        network = harness.load_state(brats.network_def(8, 0.0), state).eval()
+        variant = VARIANTS[name]
+        if variant.runtime == "torch":
+            sides[name] = torch_engine(network, variant)
+        else:
+            sides[name] = openvino_engine(network, variant, windows)
     outputs: dict[str, Any] = {}
 
     def call(name: str) -> Any:
@@ -133,18 +205,23 @@ def main() -> None:
     for name in args.variants:
         net = sides[name]
         results[name] = {
-            "what": VARIANTS[name][3],
+            "what": VARIANTS[name].what,
+            "runtime": VARIANTS[name].runtime,
             "dice_vs_torch_fp32": region_dice(outputs["torch_fp32"], outputs[name]),
             "fastest_s": min(timings[name]["samples_s"]),
             "speedup_vs_torch_fp32": harness.ratio(
                 min(timings["torch_fp32"]["samples_s"]), min(timings[name]["samples_s"])
             ),
             "compile_s": timings[name]["warmup_s"],
-            "int8_quantizers": next(iter(net.quantizers.values()), 0),
-            "float_convolutions": [c.split("/")[0] for c in net.float_convolutions],
             "samples_s": timings[name]["samples_s"],
         }
-        print(name, json.dumps({k: results[name][k] for k in ("dice_vs_torch_fp32", "fastest_s", "int8_quantizers")}))
+        if VARIANTS[name].runtime == "torch":
+            results[name]["amp"] = net.amp
+            results[name]["fp32_parts"] = VARIANTS[name].float_modules + VARIANTS[name].float_types
+        else:
+            results[name]["int8_quantizers"] = next(iter(net.quantizers.values()), 0)
+            results[name]["float_convolutions"] = [c.split("/")[0] for c in net.float_convolutions]
+        print(name, json.dumps({k: results[name][k] for k in ("dice_vs_torch_fp32", "fastest_s")}))
     report = {
         "command": harness.command_line(),
         "machine": machine,
