@@ -38,6 +38,28 @@ def test_f32_engine_gives_torch_fp32_outputs_and_follows_loaded_weights(tmp_path
     assert engine.state_dict().keys() == second.state_dict().keys()  # checkpoints keep the torch layout
 
 
+def test_network_traced_small_and_reshaped_gives_torch_outputs_at_the_input_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The network is converted at ``trace_shape`` (32 per spatial axis at most) and reshaped to the input's shape:
+    on an input larger than that on two axes, f32 logits equal torch's within 1e-4."""
+    import openvino as ov
+
+    traced: list[tuple[int, ...]] = []
+    convert = ov.convert_model
+
+    def spy(*args, **kwargs):
+        traced.append(tuple(kwargs["example_input"].shape))
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr(ov, "convert_model", spy)
+    x = torch.randn(1, 4, 64, 48, 24, generator=torch.Generator().manual_seed(3))
+    engine = OpenVINONetwork(_segresnet(3), precision="f32")
+    with torch.no_grad():
+        torch.testing.assert_close(engine(x), _segresnet(3).eval()(x), atol=1e-4, rtol=1e-4)
+    assert traced == [(1, 4, 32, 32, 24)]
+
+
 def test_auto_precision_follows_the_cpu() -> None:
     assert openvino_precision("auto") == ("bf16" if cpu_supports_bf16() else "f32")
     with pytest.raises(ValueError, match="precision must be one of"):
