@@ -24,6 +24,7 @@ all convolutions in int8 give Dice against torch fp32 0.982/0.981/0.922 TC/WT/ET
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -43,6 +44,22 @@ def trace_shape(shape: Sequence[int]) -> tuple[int, ...]:
     ``TRACE_SIZE``. The conversion runs a forward pass and folds shape computations at that size, so its time
     grows with the size; the converted graph is then reshaped to ``shape``."""
     return tuple(shape[:2]) + tuple(min(int(s), TRACE_SIZE) for s in shape[2:])
+
+
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``, shared by every engine and never dropped.
+
+    Why one: OpenVINO's CPU plugin (2026.4) points the calling thread's alternate signal stack at a buffer of its
+    own while a plugin instance lives and restores the previous stack when that instance is destroyed. With a Core
+    per engine, engines dropped in another order than they were made (garbage collection decides) leave the main
+    thread's alternate stack pointing at freed memory, and the next signal with a Python handler (Python installs
+    them with ``SA_ONSTACK``) kills the process with a kernel-raised SIGSEGV. One Core, kept for the process's life,
+    sets it once and never restores it.
+    """
+    import openvino as ov
+
+    return ov.Core()
 
 
 def openvino_precision(precision: str = "auto") -> str:
@@ -151,7 +168,7 @@ class OpenVINONetwork(torch.nn.Module):
         config = {"INFERENCE_PRECISION_HINT": precision}
         config["INFERENCE_NUM_THREADS"] = str(self.threads or torch.get_num_threads())
         logger.info("OpenVINO: compiling %s for input %s (%s)", type(self.network).__name__, shape, self.describe())
-        return ov.Core().compile_model(model, "CPU", config)
+        return openvino_core().compile_model(model, "CPU", config)
 
     def _quantize(self, model: Any, windows: list[Any]) -> Any:
         """NNCF post-training quantization of the converted ``model`` on the calibration ``windows``, the
