@@ -294,7 +294,9 @@ def brats(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     models = [str(work / "models" / f"fold{k}" / "model.pt") for k in range(args.folds)]
     single, tta, tta_axes = [], [], []
     for k in range(args.folds):
-        single.append(evaluate(f"single_fold{k}", EVAL_CFG, "--fold", str(k), "--num_folds", str(args.folds)))
+        # in torch, as the ensemble modes run (common.ensemble), not the CPU default OpenVINO engine
+        fold = ["--fold", str(k), "--num_folds", str(args.folds), "--engine", "torch"]
+        single.append(evaluate(f"single_fold{k}", EVAL_CFG, *fold))
         one = ["--ckpt_paths", json.dumps([models[k]])]
         tta.append(evaluate(f"tta_fold{k}", ENS_CFG, *one))
         tta_axes.append(evaluate(f"tta_axes_fold{k}", ENS_CFG, *one, "--tta_flips", "axes"))

@@ -95,6 +95,8 @@ def fold0(args: argparse.Namespace, bundle: str, name: str, seed: int) -> dict[s
     out = work / "eval" / "single_fold0"
     config = with_override(EVAL_CFG, override)
     cmd = [*BUNDLE_RUN, "evaluating", "--config_file", config, *common, "--fold", "0", "--output_dir", str(out)]
+    if bundle == "brats_segmentation":  # in torch, as the ensemble benchmark's default fold 0 it is paired with
+        cmd += ["--engine", "torch"]
     run(cmd, path, env, log)
     return {**read(out), "training_seconds": [round(s, 1) for s in seconds], "commands": log}
 
@@ -124,6 +126,7 @@ def speed_child(bundle: str, default_model: str, alternatives: dict[str, str], a
     over: dict[str, Any] = {"dataset_dir": str(dataset)}
     if bundle == "brats_segmentation":
         over["val_roi_size"] = args.val_roi_size
+        over["engine"] = "torch"  # both networks timed in torch (the CPU default engine is OpenVINO)
     runners, params, plain = {}, {}, None
     for name, model in {"single": default_model, **alternatives}.items():
         override, extra = NETWORKS[bundle].get(name, (None, []))

@@ -25,17 +25,20 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from common.amp import cpu_supports_bf16
+from common.amp import AmpSettings, cpu_supports_bf16, env_allows_amp
+from common.flags import as_bool
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "f32", "int8")
+ENGINES = ("auto", "openvino", "torch")
 TRACE_SIZE = 32  # spatial size per axis the network is traced at (a multiple of a 3D U-Net's usual 8-32 stride)
 
 
@@ -69,6 +72,47 @@ def openvino_precision(precision: str = "auto") -> str:
     if precision == "auto":
         return "bf16" if cpu_supports_bf16() else "f32"
     return precision
+
+
+def inference_engine(engine: str = "auto", device: torch.device | str = "cpu") -> str:
+    """``"openvino"`` or ``"torch"``, the engine a bundle's inference and evaluation run the network in.
+
+    ``"auto"``: OpenVINO on the CPU when the ``openvino`` package is installed, torch on CUDA or without it. Measured
+    on BraTS (``python -m benchmarks.speed.brats``, bundle README): on a CPU with native bf16, OpenVINO's bf16 gives
+    fp32's thresholded output (Dice 0.999 per region) where torch's bf16 autocast does not (ET 0.981), and is faster.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    device = torch.device(device)
+    installed = importlib.util.find_spec("openvino") is not None
+    if engine == "auto":
+        return "openvino" if device.type == "cpu" and installed else "torch"
+    if engine == "openvino" and device.type != "cpu":
+        raise ValueError(f"engine 'openvino' runs on the CPU, the device is {device}: use engine 'torch'")
+    if engine == "openvino" and not installed:
+        raise ImportError("engine 'openvino' needs the openvino package (requirements.txt), or use engine 'torch'")
+    return engine
+
+
+def inference_network(
+    network: torch.nn.Module,
+    device: torch.device | str,
+    amp: AmpSettings,
+    engine: str = "auto",
+    use_amp: bool | str = True,
+) -> torch.nn.Module:
+    """``network`` as inference runs it: in OpenVINO (``inference_engine``) in bf16 where the CPU has native bf16
+    arithmetic, f32 elsewhere or with ``use_amp`` off (``--use_amp false``, ``BUNDLES_AMP=0``); in torch prepared by
+    ``amp`` (device, memory format; the inferer applies its autocast). Weights are loaded later, into either."""
+    if inference_engine(engine, device) == "torch":
+        return amp.prepare_network(network, device)
+    precision = "auto" if as_bool(use_amp) and env_allows_amp() else "f32"
+    return OpenVINONetwork(network, precision=precision)
+
+
+def describe_engine(network: torch.nn.Module, amp: AmpSettings) -> str:
+    """What ``network`` (of ``inference_network``) computes in, for the run's first line of output."""
+    return network.describe() if isinstance(network, OpenVINONetwork) else f"torch, {amp.describe()}"
 
 
 class OpenVINONetwork(torch.nn.Module):
