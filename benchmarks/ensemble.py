@@ -241,6 +241,7 @@ def inference_cost(work: Path, dataset: Path, folds: int, roi: list[int], repeat
     from scripts.prepare import load_split
 
     def parse(names: tuple[str, ...], **over: Any) -> Any:
+        over = {"engine": "torch", **over}  # timed in torch, as scored
         return bundle_parser(BRATS, names, bundle_root=str(work), dataset_dir=str(dataset), val_roi_size=roi, **over)
 
     models = [str(work / "models" / f"fold{k}" / "model.pt") for k in range(folds)]
@@ -283,8 +284,9 @@ def brats(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
     def evaluate(name: str, config: str, *extra: str) -> dict[str, float]:
         out = work / "eval" / name
+        engine = ["--engine", "torch"]  # every mode in torch fp32 (the CPU default engine is OpenVINO since 0.3.4)
         run(
-            [*BUNDLE_RUN, "evaluating", "--config_file", config, *common, *extra, "--output_dir", str(out)],
+            [*BUNDLE_RUN, "evaluating", "--config_file", config, *common, *extra, *engine, "--output_dir", str(out)],
             BRATS,
             env,
             log,
@@ -294,9 +296,7 @@ def brats(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     models = [str(work / "models" / f"fold{k}" / "model.pt") for k in range(args.folds)]
     single, tta, tta_axes = [], [], []
     for k in range(args.folds):
-        # in torch, as the ensemble modes run (common.ensemble), not the CPU default OpenVINO engine
-        fold = ["--fold", str(k), "--num_folds", str(args.folds), "--engine", "torch"]
-        single.append(evaluate(f"single_fold{k}", EVAL_CFG, *fold))
+        single.append(evaluate(f"single_fold{k}", EVAL_CFG, "--fold", str(k), "--num_folds", str(args.folds)))
         one = ["--ckpt_paths", json.dumps([models[k]])]
         tta.append(evaluate(f"tta_fold{k}", ENS_CFG, *one))
         tta_axes.append(evaluate(f"tta_axes_fold{k}", ENS_CFG, *one, "--tta_flips", "axes"))

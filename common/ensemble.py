@@ -102,15 +102,21 @@ def load_networks(
     ckpt_paths: Sequence[str | os.PathLike],
     device: torch.device | str = "cpu",
     amp: Any = None,
+    prepare: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
 ) -> list[torch.nn.Module]:
     """One copy of ``network`` per checkpoint, weights loaded with ``common.checkpoint.load_weights``
-    (weights-only, clear errors), placed on ``device`` by ``amp.prepare_network`` when given, in eval mode."""
+    (weights-only, clear errors), in eval mode, made ready to run by ``prepare`` when given (e.g. the bundle's
+    inference engine, so that an ensemble of one fold computes what the plain configs compute), else placed on
+    ``device`` by ``amp.prepare_network`` (or moved there when no ``amp`` is given)."""
     if isinstance(ckpt_paths, (str, os.PathLike)) or not ckpt_paths:
         raise CheckpointError(f"expected a non-empty list of checkpoint files, got {ckpt_paths!r}")
     networks = []
     for path in ckpt_paths:
         net = load_weights(copy.deepcopy(network), path, map_location=device)
-        net = amp.prepare_network(net, device) if amp is not None else net.to(device)
+        if prepare is not None:
+            net = prepare(net)
+        else:
+            net = amp.prepare_network(net, device) if amp is not None else net.to(device)
         networks.append(net.eval())
     return networks
 

@@ -28,7 +28,7 @@ def _network(configs: list[str], network_id: str, **override: object) -> torch.n
     return parser.get_parsed_content(network_id)
 
 
-CASES = [(["inference.json"], "network"), (["train.json", "evaluate.json"], "validate#evaluator#network")]
+CASES = [(["inference.json"], "network"), (["train.json", "evaluate.json"], "network")]
 
 
 @pytest.mark.parametrize("configs, network_id", CASES)
@@ -56,8 +56,20 @@ def test_model_zoo_weights_run_in_torch_fp32_as_the_model_zoo() -> None:
     assert isinstance(network, SegResNet) and network.convInit.conv.weight.is_contiguous()
 
 
-def test_evaluation_loads_the_weights_into_the_network_it_scores() -> None:
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / c) for c in ("train.json", "evaluate.json")])
-    assert parser["evaluating"][1].startswith("$common.checkpoint.load_weights(@inference_network,")
-    assert parser["validate#evaluator#network"] == "@inference_network"
+@pytest.mark.parametrize(
+    "configs",
+    [["inference.json", "inference_ensemble.json"], ["train.json", "evaluate.json", "evaluate_ensemble.json"]],
+)
+def test_fold_ensembles_run_each_fold_in_the_same_engine(configs: list[str], tmp_path: Path) -> None:
+    """So that an ensemble of one fold without TTA computes what the plain configs compute."""
+    from common.checkpoint import atomic_save
+
+    ckpts = []
+    for k in range(2):
+        ckpts.append(str(tmp_path / f"fold{k}.pt"))
+        atomic_save({"model": SegResNet(init_filters=8, in_channels=4, out_channels=3).state_dict()}, ckpts[-1])
+    networks = _network(configs, "ensemble_networks", ckpt_paths=ckpts)
+    assert [type(n) for n in networks] == [OpenVINONetwork] * 2
+    assert networks[0].network is not networks[1].network  # one copy per fold
+    torch_networks = _network(configs, "ensemble_networks", ckpt_paths=ckpts, engine="torch")
+    assert [type(n) for n in torch_networks] == [SegResNet] * 2
