@@ -82,11 +82,13 @@ def fold0(args: argparse.Namespace, bundle: str, name: str, seed: int) -> dict[s
         roi = json.dumps(args.val_roi_size, separators=(",", ":"))
         common = ["--dataset_dir", str(dataset), "--val_roi_size", roi, "--num_folds", str(args.folds)]
         recipe = ["--epochs", str(args.epochs), "--val_interval", str(args.val_interval)]
+        scoring = ["--engine", "torch"]  # as the ensemble benchmark's default fold 0 it is paired with
         read = read_metrics
     else:
         path, dataset = CXR14, cxr14_dataset(args, env, log)
         common = ["--dataset_dir", str(dataset), "--num_folds", str(args.folds)]
         recipe = ["--max_epochs", str(args.cxr_epochs)]
+        scoring = []
         read = read_cxr14_metrics
     work = dataset.parent / "networks" / name / f"seed{seed}"
     common += ["--bundle_root", str(work), *extra]
@@ -95,9 +97,7 @@ def fold0(args: argparse.Namespace, bundle: str, name: str, seed: int) -> dict[s
     out = work / "eval" / "single_fold0"
     config = with_override(EVAL_CFG, override)
     cmd = [*BUNDLE_RUN, "evaluating", "--config_file", config, *common, "--fold", "0", "--output_dir", str(out)]
-    if bundle == "brats_segmentation":  # in torch, as the ensemble benchmark's default fold 0 it is paired with
-        cmd += ["--engine", "torch"]
-    run(cmd, path, env, log)
+    run([*cmd, *scoring], path, env, log)
     return {**read(out), "training_seconds": [round(s, 1) for s in seconds], "commands": log}
 
 

@@ -409,14 +409,15 @@ def main() -> None:  # noqa: C901 - one linear script: data, inference, agreemen
     harness.load_state(our_p.get_parsed_content("network"), state)
     sides = {"reference": ref_ev.run, "ours": our_ev.run}
     outs = {"reference": ref_out, "ours": our_out}
+    parsers = {"ours": our_p}
+    for name, lever in LEVERS.items():
+        outs[name] = work / f"{name.replace('+', '_')}_out"
+        ev, parsers[name] = our_evaluator(case_dir, outs[name], lever())
+        harness.load_state(parsers[name].get_parsed_content("network"), state)
+        sides[name] = ev.run
     precision = {"reference": "fp32"}
-    for name, parsed in (("ours", our_p), *((n, None) for n in LEVERS)):
-        if parsed is None:
-            outs[name] = work / f"{name.replace('+', '_')}_out"
-            ev, parsed = our_evaluator(case_dir, outs[name], LEVERS[name]())
-            sides[name] = ev.run
-        network = harness.load_state(parsed.get_parsed_content("network"), state)
-        precision[name] = engine_precision(network, parsed.get_parsed_content("amp"))
+    for name, parsed in parsers.items():
+        precision[name] = engine_precision(parsed.get_parsed_content("network"), parsed.get_parsed_content("amp"))
     log("inference (end to end, one 4-modality case):")
     infer, flops = harness.interleaved_with_flops(sides, args.repeats, log=log)
     # OpenVINO's arithmetic is invisible to torch's FLOP counter: the same network on the same windows as in torch
